@@ -1,0 +1,135 @@
+"""Memory backends: where a trial's tensors live and how its peak memory is read.
+
+- ``MeasuredBackend`` runs on a CUDA GPU and reads PyTorch's allocator statistics.
+- ``EmulatedBackend`` computes on the CPU while ``StorageTracker`` counts live
+  storage and raises ``torch.OutOfMemoryError`` at the card's budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from fastai.callback.fp16 import MixedPrecision
+from fastai.learner import Learner
+from torch.utils._pytree import tree_map_only
+
+from planner.cards import Card
+from workers.tracker import StorageTracker
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class MeasuredBackend:
+    """Run on the CUDA GPU this process sees and read its allocator statistics."""
+
+    name = "measured"
+
+    def __init__(self, card: Card) -> None:
+        if not torch.cuda.is_available():
+            raise RuntimeError("the measured backend needs a CUDA GPU, and torch.cuda.is_available() is False")
+        self.card = card
+        self.device = torch.device("cuda", torch.cuda.current_device())
+
+    def prepare(self, learn: Learner) -> None:
+        # Start from an empty cache, so peak reserved is this trial's alone.
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def mixed_precision(self, precision: str) -> MixedPrecision:
+        return MixedPrecision(amp_mode=precision)
+
+    @contextlib.contextmanager
+    def tracking(self, learn: Learner) -> Iterator[None]:
+        yield
+
+    def peaks(self) -> tuple[int | None, int | None]:
+        return (
+            torch.cuda.max_memory_allocated(self.device),
+            torch.cuda.max_memory_reserved(self.device),
+        )
+
+    def release(self) -> None:
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+
+    def device_name(self) -> str:
+        return torch.cuda.get_device_name(self.device)
+
+
+class CPUMixedPrecision(MixedPrecision):
+    """fastai's mixed precision with CPU autocast and a CPU gradient scaler.
+
+    fastai 2.8 hard-codes ``autocast('cuda')``, which PyTorch disables on a
+    machine without CUDA, so an emulated fp16 trial would silently run in fp32.
+    NOTE: CPU and CUDA autocast cast slightly different operator lists to low
+    precision, so emulated mixed-precision peaks can differ from measured ones.
+    """
+
+    def before_fit(self) -> None:
+        super().before_fit()
+        dtype = _DTYPES[self.amp_mode.value]
+        self.autocast = torch.autocast("cpu", dtype=dtype)
+        self.learn.scaler = torch.amp.GradScaler("cpu", **self.kwargs)
+
+
+class EmulatedBackend:
+    """Compute on the CPU and enforce the card's budget on live tensor storage.
+
+    Host-side work is not counted: the data loader builds each batch with the
+    tracker paused, and the batch is then copied under tracking, as fastai's
+    transfer to the GPU would. Model parameters and buffers are counted when
+    the fit starts, as ``model.to(device)`` allocates them on a GPU.
+    NOTE: peak reserved is not modelled yet, so it is reported as missing and
+    the budget is enforced on allocated bytes: fragmentation is not counted.
+    """
+
+    name = "emulated"
+
+    def __init__(self, card: Card) -> None:
+        self.card = card
+        self.device = torch.device("cpu")
+        self.tracker = StorageTracker(limit_bytes=card.budget_bytes, card_name=card.name)
+
+    def prepare(self, learn: Learner) -> None:
+        for loader in learn.dls.loaders:
+            _copy_batches_under_tracking(loader, self.tracker)
+
+    def mixed_precision(self, precision: str) -> MixedPrecision:
+        return CPUMixedPrecision(amp_mode=precision)
+
+    @contextlib.contextmanager
+    def tracking(self, learn: Learner) -> Iterator[None]:
+        with self.tracker:
+            self.tracker.adopt(list(learn.model.parameters()) + list(learn.model.buffers()))
+            yield
+
+    def peaks(self) -> tuple[int | None, int | None]:
+        return self.tracker.peak_allocated_bytes, None
+
+    def release(self) -> None:
+        self.tracker.close()
+
+    def device_name(self) -> str | None:
+        return None
+
+
+def _copy_batches_under_tracking(loader: Any, tracker: StorageTracker) -> None:
+    """Build batches with the tracker paused, then copy them as a transfer to the card would."""
+    build_batches = loader.create_batches
+
+    def create_batches(samples):
+        batches = build_batches(samples)
+        while True:
+            with tracker.paused():
+                batch = next(batches, None)
+            if batch is None:
+                return
+            yield tree_map_only(torch.Tensor, torch.Tensor.clone, batch)
+
+    loader.create_batches = create_batches
+
+
+Backend = MeasuredBackend | EmulatedBackend

@@ -1,0 +1,97 @@
+"""fastai callbacks that stop a fit after a few batches and name the stage it is in."""
+
+from __future__ import annotations
+
+from fastai.callback.core import (
+    Callback,
+    CancelFitException,
+    CancelTrainException,
+    CancelValidException,
+)
+
+SETUP = "setup"
+TRAIN_FORWARD = "train forward"
+BACKWARD = "backward"
+OPTIMIZER_STEP = "optimizer step"
+VALIDATION = "validation"
+
+
+class StageCallback(Callback):
+    """Keep ``stage`` up to date, so that an OOM can say where it happened.
+
+    Runs before every other callback (fastai sorts callbacks by ``order`` for
+    each event), so a mixed-precision callback's work in ``before_step`` counts
+    as the optimizer step.
+    """
+
+    order = -50
+
+    def __init__(self) -> None:
+        self.stage = SETUP
+
+    def before_fit(self) -> None:
+        self.stage = SETUP  # moving the model to the device happens here
+
+    def before_train(self) -> None:
+        self.stage = TRAIN_FORWARD
+
+    def before_batch(self) -> None:
+        self.stage = TRAIN_FORWARD if self.learn.training else VALIDATION
+
+    def after_loss(self) -> None:
+        if self.learn.training:
+            self.stage = BACKWARD
+
+    def before_step(self) -> None:
+        self.stage = OPTIMIZER_STEP
+
+    def after_step(self) -> None:
+        self.stage = TRAIN_FORWARD
+
+    def before_validate(self) -> None:
+        self.stage = VALIDATION
+
+
+class StopAfterNBatches(Callback):
+    """Stop training after ``train_batches`` batches and validation after ``valid_batches``.
+
+    Training goes on past ``train_batches`` until the optimizer has stepped
+    ``min_steps`` times: Adam-style optimizers allocate their state on the
+    first step, and fp16 loss scaling skips steps whose gradients overflow.
+    The fit ends after the first epoch's validation.
+    """
+
+    order = 95  # after Recorder and progress callbacks have seen the batch
+
+    def __init__(self, train_batches: int, valid_batches: int, *, min_steps: int = 2) -> None:
+        self.train_batches = train_batches
+        self.valid_batches = valid_batches
+        self.min_steps = min_steps
+        self.train_batches_run = 0
+        self.valid_batches_run = 0
+        self.optimizer_steps = 0
+
+    def before_fit(self) -> None:
+        self.train_batches_run = 0
+        self.valid_batches_run = 0
+        self.optimizer_steps = 0
+
+    def after_step(self) -> None:
+        self.optimizer_steps += 1
+
+    def after_batch(self) -> None:
+        if self.learn.training:
+            self.train_batches_run += 1
+            if self.train_batches_run >= self.train_batches and self.optimizer_steps >= self.min_steps:
+                raise CancelTrainException()
+        else:
+            self.valid_batches_run += 1
+            if self.valid_batches_run >= self.valid_batches:
+                raise CancelValidException()
+
+    def before_validate(self) -> None:
+        if self.valid_batches == 0:
+            raise CancelValidException()
+
+    def after_epoch(self) -> None:
+        raise CancelFitException()
