@@ -92,7 +92,7 @@ def parse_memory(value: int | str) -> int:
         raise ValueError(f"{value!r} is not a memory size")
     if unit not in _UNITS:
         raise ValueError(f"{value!r} has an unknown unit {unit!r}")
-    size = int(number * _UNITS[unit])
+    size = round(number * _UNITS[unit])
     if size <= 0:
         raise ValueError(f"{value!r} is not a positive memory size")
     return size

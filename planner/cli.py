@@ -7,6 +7,7 @@ Exit codes: 0 when the plan completed (an OOM is a result, not a failure),
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from importlib import resources
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     # Validate everything the user gave before any Ray or GPU work.
     try:
         grid = load_grid(args.grid) if args.grid else load_default_grid()
+        if not args.grid and args.backend == "emulated":
+            grid = dataclasses.replace(grid, local=False)
         output = check_output_path(args.output) if args.output else None
         if args.workers is not None and args.workers < 1:
             raise PlanError(f"--workers is {args.workers}, but it must be at least 1")
@@ -117,7 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     from planner.run import run_plan
 
     try:
-        return run_plan(grid, backend=args.backend, address=args.address, workers=args.workers, output=output)
+        # The default grid lists 'local' for GPU machines and still runs without one.
+        return run_plan(
+            grid,
+            backend=args.backend,
+            address=args.address,
+            workers=args.workers,
+            output=output,
+            require_local=bool(args.grid),
+        )
     except PlanError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -122,37 +122,56 @@ def run_grid(
     backend: BackendChoice = "auto",
     address: str | None = None,
     max_cpu_workers: int | None = None,
+    require_local: bool = True,
     on_result: Callable[[Assignment, TrialResult, int, int], None] | None = None,
 ) -> list[tuple[Assignment, TrialResult]]:
-    """Run every trial of ``grid`` and return (assignment, result) pairs in finishing order."""
+    """Run every trial of ``grid`` and return (assignment, result) pairs in finishing order.
+
+    With ``require_local`` False, a grid that lists 'local' runs on its other
+    cards when Ray finds no usable GPU, instead of raising ``PlanError``.
+    """
     check_backend(grid, backend)
     connect(address)
 
     gpu_count = int(ray.cluster_resources().get("GPU", 0))
-    gpu_workers = start_gpu_workers(gpu_count) if gpu_count and backend != "emulated" else []
-    usable = [worker for worker in gpu_workers if worker.card is not None]
-    for worker in gpu_workers:
+    started = start_gpu_workers(gpu_count) if gpu_count and backend != "emulated" else []
+    try:
+        usable = _usable_gpu_workers(started)
+        wants_local = grid.local or backend == "measured"
+        if wants_local and not usable:
+            if require_local or backend == "measured" or not grid.cards:
+                raise PlanError(
+                    "the grid lists the card 'local', but Ray found no usable CUDA GPU. "
+                    "Run on a GPU machine or cluster, or replace 'local' with catalog or inline cards"
+                )
+            logger.info("no usable CUDA GPU found: the card 'local' is skipped")
+        local_cards = list({worker.card.name: worker.card for worker in usable}.values()) if wants_local else []
+        assignments = plan_assignments(grid, local_cards, backend)
+
+        cpu_workers: list[_Worker] = []
+        emulated = sum(1 for item in assignments if item.backend == "emulated")
+        if emulated:
+            available = int(ray.available_resources().get("CPU", 1))
+            count = max(1, min(available, emulated, max_cpu_workers or available))
+            cpu_workers = start_cpu_workers(count)
+            started += cpu_workers
+        return _run_queue(assignments, usable if local_cards else [], cpu_workers, on_result, started)
+    finally:
+        # Free the actors' resources for the next plan on the same cluster;
+        # ``started`` includes replacements for actors that died.
+        for worker in started:
+            ray.kill(worker.handle)
+
+
+def _usable_gpu_workers(workers: list[_Worker]) -> list[_Worker]:
+    for worker in workers:
         if worker.card is None:
             logger.warning(
-                "Ray lists GPU %s on host %s, but torch sees no CUDA device there; no trials run on it",
+                "Ray lists GPU %s on host %s, but torch sees no CUDA device there: no trials run on it",
                 ",".join(worker.describe["gpu_ids"]),
                 worker.describe["host"],
             )
-    if (grid.local or backend == "measured") and not usable:
-        raise PlanError(
-            "the grid lists the card 'local', but Ray found no usable CUDA GPU. "
-            "Run on a GPU machine or cluster, or replace 'local' with catalog or inline cards"
-        )
-
-    local_cards = list({worker.card.name: worker.card for worker in usable}.values()) if grid.local or backend == "measured" else []
-    assignments = plan_assignments(grid, local_cards, backend)
-    emulated = sum(1 for item in assignments if item.backend == "emulated")
-    cpu_workers: list[_Worker] = []
-    if emulated:
-        available = int(ray.available_resources().get("CPU", 1))
-        count = max(1, min(available, emulated, max_cpu_workers or available))
-        cpu_workers = start_cpu_workers(count)
-    return _run_queue(assignments, usable if local_cards else [], cpu_workers, on_result)
+    return [worker for worker in workers if worker.card is not None]
 
 
 def _run_queue(
@@ -160,7 +179,9 @@ def _run_queue(
     gpu_workers: list[_Worker],
     cpu_workers: list[_Worker],
     on_result: Callable[[Assignment, TrialResult, int, int], None] | None,
+    started: list[_Worker],
 ) -> list[tuple[Assignment, TrialResult]]:
+    """Feed assignments to workers as a work queue. Replacement workers are appended to ``started``."""
     # One queue per local card for measured trials, one shared queue for emulated ones.
     queues: dict[str, collections.deque[Assignment]] = collections.defaultdict(collections.deque)
     for item in assignments:
@@ -188,6 +209,7 @@ def _run_queue(
         except RayActorError as error:
             result = TrialResult(status="error", backend=item.backend, error=f"worker process died: {error}")
             worker = _replace(worker)
+            started.append(worker)
         except RayTaskError as error:
             result = TrialResult(status="error", backend=item.backend, error=f"{type(error).__name__}: {error}")
         results.append((item, result))

@@ -120,6 +120,9 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
 
 
 def _validate(document: Any, problems: list[str], source: str) -> Grid | None:
+    if document is None:
+        problems.append("the file is empty: a grid needs the keys cards and models")
+        return None
     if not isinstance(document, dict):
         problems.append(
             f"the file must be a mapping with keys {', '.join(_TOP_KEYS)}, "
@@ -131,9 +134,10 @@ def _validate(document: Any, problems: list[str], source: str) -> Grid | None:
         if key not in document:
             problems.append(f"{key} is missing: a grid needs {_describe_required(key)}")
 
-    cards, local = _parse_cards(document.get("cards", []), problems)
+    # A missing key is reported above, so it is not parsed again as an empty list.
+    cards, local = _parse_cards(document["cards"], problems) if "cards" in document else ([], False)
     trial = _parse_trial(document.get("trial", {}), problems)
-    points = _parse_models(document.get("models", []), trial, problems)
+    points = _parse_models(document["models"], trial, problems) if "models" in document else []
     return Grid(tuple(cards), local, trial, tuple(points), source, document)
 
 
@@ -313,11 +317,13 @@ def _parse_model(entry: Any, index: int, trial: TrialSettings, problems: list[st
         task = None
 
     values: dict[str, list[Any]] = {}
+    has_empty_list = False
     for key in ("arch", "image_size", "batch_size", "precision", "classes"):
         if key not in entry:
             continue
         items = _as_list(entry, key, place, problems)
         if items is None:
+            has_empty_list = True
             continue
         # A scalar is written without an index; a list item with its index.
         listed = isinstance(entry[key], list)
@@ -328,7 +334,7 @@ def _parse_model(entry: Any, index: int, trial: TrialSettings, problems: list[st
                 checked.append(item)
         values[key] = checked
 
-    if missing or task is None or any(len(items) != len(_as_list_quiet(entry[key])) for key, items in values.items()):
+    if missing or task is None or has_empty_list or any(len(items) != len(_as_list_quiet(entry[key])) for key, items in values.items()):
         return []
 
     values.setdefault("precision", ["fp32"])

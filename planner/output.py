@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import pandas as pd
@@ -37,8 +37,10 @@ def write_results(frame: pd.DataFrame, path: str | Path) -> None:
     """Write ``frame`` to ``path`` atomically: readers see the old file or the whole new one."""
     path = Path(path)
     kind = FORMATS[path.suffix.lower()]
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(handle)
+    # mkstemp would create the file with mode 0600. Mode 0666 less the umask is
+    # what a plain open() gives, and O_EXCL never reuses an existing file.
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         if kind == "csv":
             frame.to_csv(temporary, index=False)
@@ -57,4 +59,6 @@ def read_results(path: str | Path) -> pd.DataFrame:
         return pd.read_parquet(path)
     from planner.tables import results_frame
 
-    return results_frame(pd.read_csv(path).to_dict("records"))
+    # Only an empty field is a missing value. By default pandas also reads text
+    # such as "NA" or "None" (a card name or an error message) as missing.
+    return results_frame(pd.read_csv(path, keep_default_na=False, na_values=[""]).to_dict("records"))

@@ -24,6 +24,7 @@ def run_plan(
     address: str | None = None,
     workers: int | None = None,
     output: Path | None = None,
+    require_local: bool = True,
 ) -> int:
     """Run ``grid``, write the long table to ``output`` and print one table per card.
 
@@ -40,7 +41,14 @@ def run_plan(
 
     code = EXIT_OK
     try:
-        driver.run_grid(grid, backend=backend, address=address, max_cpu_workers=workers, on_result=on_result)
+        driver.run_grid(
+            grid,
+            backend=backend,
+            address=address,
+            max_cpu_workers=workers,
+            require_local=require_local,
+            on_result=on_result,
+        )
     except KeyboardInterrupt:
         print(f"interrupted: {len(rows)} finished trials are kept", file=sys.stderr)
         code = EXIT_INTERRUPTED

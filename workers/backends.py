@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from fastai.callback.fp16 import MixedPrecision
+from fastcore.foundation import L
 from fastai.learner import Learner
 from torch.utils._pytree import tree_map_only
 
@@ -69,10 +70,12 @@ class CPUMixedPrecision(MixedPrecision):
     """
 
     def before_fit(self) -> None:
-        super().before_fit()
         dtype = _DTYPES[self.amp_mode.value]
+        # bfloat16 has fp32's range, so it needs no loss scaling.
+        self.kwargs["enabled"] = dtype == torch.float16
         self.autocast = torch.autocast("cpu", dtype=dtype)
         self.learn.scaler = torch.amp.GradScaler("cpu", **self.kwargs)
+        self.scales = L()
 
 
 class EmulatedBackend:

@@ -17,7 +17,7 @@ VALIDATION = "validation"
 
 
 class StageCallback(Callback):
-    """Keep ``stage`` up to date, so that an OOM can say where it happened.
+    """Keep ``current_stage`` up to date, so that an OOM can say where it happened.
 
     Runs before every other callback (fastai sorts callbacks by ``order`` for
     each event), so a mixed-precision callback's work in ``before_step`` counts
@@ -27,29 +27,29 @@ class StageCallback(Callback):
     order = -50
 
     def __init__(self) -> None:
-        self.stage = SETUP
+        self.current_stage = SETUP
 
     def before_fit(self) -> None:
-        self.stage = SETUP  # moving the model to the device happens here
+        self.current_stage = SETUP  # moving the model to the device happens here
 
     def before_train(self) -> None:
-        self.stage = TRAIN_FORWARD
+        self.current_stage = TRAIN_FORWARD
 
     def before_batch(self) -> None:
-        self.stage = TRAIN_FORWARD if self.learn.training else VALIDATION
+        self.current_stage = TRAIN_FORWARD if self.learn.training else VALIDATION
 
     def after_loss(self) -> None:
         if self.learn.training:
-            self.stage = BACKWARD
+            self.current_stage = BACKWARD
 
     def before_step(self) -> None:
-        self.stage = OPTIMIZER_STEP
+        self.current_stage = OPTIMIZER_STEP
 
     def after_step(self) -> None:
-        self.stage = TRAIN_FORWARD
+        self.current_stage = TRAIN_FORWARD
 
     def before_validate(self) -> None:
-        self.stage = VALIDATION
+        self.current_stage = VALIDATION
 
 
 class StopAfterNBatches(Callback):

@@ -64,7 +64,7 @@ def run_trial(spec: TrialSpec, backend: Backend) -> TrialResult:
     except Exception as error:  # classified below; the trial's result carries it
         message = f"{type(error).__name__}: {error}"
         if is_out_of_memory(error):
-            status, oom_stage = "oom", stage.stage
+            status, oom_stage = "oom", stage.current_stage
         else:
             status = "error"
             logger.debug("trial %s failed", spec, exc_info=True)

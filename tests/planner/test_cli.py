@@ -1,0 +1,96 @@
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from planner import cli, driver
+from planner.output import read_results
+from planner.tables import COLUMNS
+
+GRID = """
+cards:
+  - {name: roomy, memory: 2GiB}
+  - {name: cramped, memory: 250MiB}
+models:
+  - task: classification
+    arch: resnet18
+    image_size: 32
+    batch_size: [2, 4]
+  - task: classification
+    arch: resnet34
+    image_size: 32
+    batch_size: 2
+"""
+
+
+def run_cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "planner", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_cli_plans_grid_and_writes_parquet(tmp_path):
+    (tmp_path / "grid.yaml").write_text(GRID)
+    done = run_cli("grid.yaml", "-o", "out.parquet", "--workers", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    frame = read_results(tmp_path / "out.parquet")
+    # 3 grid points x 2 cards
+    assert len(frame) == 6
+    assert list(frame.columns) == COLUMNS
+    by_card = frame.groupby("card")["status"].apply(set).to_dict()
+    assert by_card["roomy"] == {"fits"}
+    assert by_card["cramped"] == {"fits", "oom"}  # resnet18 fits in 250 MiB, resnet34 does not
+    assert "[6/6]" in done.stderr
+    assert "roomy: 2.00 GiB" in done.stdout
+    assert "max fitting batch size" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("grid", "args", "message"),
+    [
+        ("models: []\n", [], "models is [], but it must be a non-empty list"),
+        (GRID, ["-o", "out.xlsx"], "output file 'out.xlsx' has the extension '.xlsx'. Use .csv or .parquet"),
+        (GRID, ["--backend", "measured"], "--backend measured runs trials only on the GPUs Ray finds"),
+        (GRID, ["--workers", "0"], "--workers is 0, but it must be at least 1"),
+    ],
+    ids=["grid", "output", "backend", "workers"],
+)
+def test_cli_bad_input_exits_2(tmp_path, grid, args, message):
+    (tmp_path / "grid.yaml").write_text(grid)
+    done = run_cli("grid.yaml", *args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert not list(tmp_path.glob("out*"))
+
+
+def test_cli_missing_grid_file_exits_2(tmp_path):
+    done = run_cli("nowhere.yaml", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "grid file 'nowhere.yaml' not found" in done.stderr
+
+
+def test_cli_internal_failure_exits_1(tmp_path, monkeypatch, capsys):
+    def fail(*args, **kwargs):
+        raise RuntimeError("injected driver failure")
+
+    (tmp_path / "grid.yaml").write_text(GRID)
+    monkeypatch.setattr(driver, "run_grid", fail)
+    code = cli.main([str(tmp_path / "grid.yaml"), "-q"])
+    assert code == 1
+    assert "error: the plan failed: RuntimeError: injected driver failure" in capsys.readouterr().err
+
+
+def test_format_progress_line():
+    from planner.cards import Card, MiB
+    from planner.grid import TrialSpec
+    from workers.results import TrialResult
+
+    item = driver.Assignment(0, TrialSpec("classification", "resnet18", 64, 8), Card("c", 512 * MiB), "emulated")
+    result = TrialResult(status="oom", backend="emulated", oom_stage="backward", seconds=1.25)
+    line = cli.format_progress(item, result, 3, 10)
+    assert line == "[3/10] c (emulated) classification resnet18 64px bs=8 fp32: OOM in backward (1.2 s)"
