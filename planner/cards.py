@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from planner.catalog import CATALOG_CARDS
+
 MiB = 1024**2
 GiB = 1024**3
 
@@ -18,47 +20,40 @@ class Card:
 
     ``memory_bytes`` is the total the driver reports (``total_memory`` in
     ``torch.cuda.get_device_properties``), not the marketing figure.
-    ``overhead_bytes`` is memory a trial cannot use: the CUDA context and
-    library workspaces that live outside PyTorch's allocator statistics.
+    ``overhead_bytes`` is memory outside PyTorch's allocator that a trial
+    cannot use: the CUDA context. ``workspace_bytes`` is the cuBLAS workspace
+    of one handle, which PyTorch allocates through its caching allocator, so
+    a measured trial sees it and the emulated and simulated backends add it.
     """
 
     name: str
     memory_bytes: int
     overhead_bytes: int = 0
     source: CardSource = "inline"
+    workspace_bytes: int = 0
+    compute_capability: tuple[int, int] | None = None
+    backend: str | None = None  # an inline card's own backend choice, if any
 
     @property
     def budget_bytes(self) -> int:
-        """Bytes a trial's tensors may occupy on this card."""
+        """Bytes PyTorch's allocator may reserve on this card for a trial."""
         return max(self.memory_bytes - self.overhead_bytes, 0)
 
 
-# The CUDA context with lazy module loading takes roughly 250-450 MiB outside
-# the allocator, and cuBLAS keeps a workspace per handle (8 MiB by default,
-# plus 1 MiB for cuBLASLt). 300 MiB + 9 MiB is the low end.
-# NOTE: the context size varies with driver, CUDA version and loaded kernels;
-# a low estimate makes the planner say "fits" a little too often.
-DEFAULT_OVERHEAD_BYTES = 300 * MiB + 9 * MiB
-
-# Memory as the driver reports it (torch's total_memory), in MiB.
-# NOTE: these are the totals printed by torch on each card in public logs and
-# may differ by a few MiB between driver versions and ECC settings.
-_CATALOG_MIB = {
-    "T4": 15_095,
-    "L4": 22_478,
-    "A10G": 22_564,
-    "RTX-4090": 24_210,
-    "V100-16GB": 16_151,
-    "V100-32GB": 32_494,
-    "A100-40GB": 40_339,
-    "A100-80GB": 80_995,
-    "H100-80GB": 81_008,
-    "H200": 143_156,
-}
+# An estimate of the CUDA context of a GPU Ray finds, before its compute
+# capability is known: the catalog's figure for compute capability 8.x.
+DEFAULT_OVERHEAD_BYTES = 400 * MiB
 
 CATALOG: dict[str, Card] = {
-    name: Card(name, mib * MiB, DEFAULT_OVERHEAD_BYTES, "catalog")
-    for name, mib in _CATALOG_MIB.items()
+    name: Card(
+        name,
+        entry.memory_bytes,
+        entry.cuda_context_bytes,
+        "catalog",
+        entry.cublas_workspace_bytes,
+        entry.compute_capability,
+    )
+    for name, entry in CATALOG_CARDS.items()
 }
 
 _UNITS = {

@@ -43,12 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--address", help="Ray cluster to join, for example ray://head:10001 or auto. Default: start a local one")
     parser.add_argument(
         "--backend",
-        choices=["auto", "measured", "emulated"],
+        choices=["auto", "measured", "emulated", "simulated"],
         default="auto",
-        help="measured: real GPUs only (card 'local'). emulated: every card on the CPU. "
-        "auto (default): measure on local GPUs, emulate the other cards",
+        help="measured: real GPUs only (card 'local'). emulated: every card computed on the CPU "
+        "with its memory enforced. simulated: every card traced with fake tensors, nothing computed. "
+        "auto (default): measure local GPUs, simulate catalog cards, emulate inline cards "
+        "unless they set their own backend",
     )
-    parser.add_argument("--workers", type=int, help="maximum number of CPU actors for emulated cards (default: one per free CPU)")
+    parser.add_argument("--workers", type=int, help="maximum number of CPU actors for emulated and simulated cards (default: one per free CPU)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print no progress line per trial")
     return parser
 
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     # Validate everything the user gave before any Ray or GPU work.
     try:
         grid = load_grid(args.grid) if args.grid else load_default_grid()
-        if not args.grid and args.backend == "emulated":
+        if not args.grid and args.backend in ("emulated", "simulated"):
             grid = dataclasses.replace(grid, local=False)
         output = check_output_path(args.output) if args.output else None
         if args.workers is not None and args.workers < 1:

@@ -1,30 +1,34 @@
 """Run a grid's trials on Ray actors and stream their results back.
 
 The driver expands the grid into assignments (a trial spec, a card and a
-backend), starts one actor per GPU Ray finds (``num_gpus=1``, so Ray pins it)
-and a pool of CPU actors for emulated cards, and feeds each actor a new
-assignment as soon as it returns its last result.
+backend) and groups them into jobs: a measured or emulated job is one
+assignment, a simulated job is one grid point for every simulated card, since
+one fake-tensor trace answers for all of them. It starts one actor per GPU
+Ray finds (``num_gpus=1``, so Ray pins it) and a pool of CPU actors for
+emulated and simulated cards, and feeds each actor a new job as soon as it
+returns its last results.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from planner.cards import Card, DEFAULT_OVERHEAD_BYTES
+from planner.cards import DEFAULT_OVERHEAD_BYTES, Card
 from planner.grid import Grid, TrialSpec
 from workers.actor import BackendName, actor_class
 from workers.results import TrialResult
 
 logger = logging.getLogger(__name__)
 
-BackendChoice = Literal["auto", "measured", "emulated"]
+BackendChoice = Literal["auto", "measured", "emulated", "simulated"]
+ResultCallback = Callable[["Assignment", TrialResult, int, int], None]
 
 
 class PlanError(ValueError):
@@ -41,12 +45,28 @@ class Assignment:
     backend: BackendName
 
 
+@dataclass(frozen=True)
+class Job:
+    """What one actor call runs: one assignment, or one simulated grid point for several cards."""
+
+    assignments: tuple[Assignment, ...]
+
+    @property
+    def queue(self) -> str:
+        first = self.assignments[0]
+        return f"measured:{first.card.name}" if first.backend == "measured" else "cpu"
+
+
 @dataclass
 class _Worker:
     handle: Any
     kind: Literal["gpu", "cpu"]
     card: Card | None  # the card a GPU actor measures on
     describe: dict[str, Any]
+
+    @property
+    def queue(self) -> str:
+        return f"measured:{self.card.name}" if self.kind == "gpu" else "cpu"
 
 
 def check_backend(grid: Grid, backend: BackendChoice) -> None:
@@ -55,14 +75,27 @@ def check_backend(grid: Grid, backend: BackendChoice) -> None:
         names = ", ".join(repr(card.name) for card in grid.cards)
         raise PlanError(
             f"--backend measured runs trials only on the GPUs Ray finds (the card 'local'), "
-            f"but the grid also lists {names}. Use --backend auto to emulate those cards, "
+            f"but the grid also lists {names}. Use --backend auto to simulate or emulate those cards, "
             f"or list only 'local' under cards"
         )
-    if backend == "emulated" and grid.local:
+    if backend in ("emulated", "simulated") and grid.local:
         raise PlanError(
-            "--backend emulated cannot emulate the card 'local', whose memory is known only on a GPU. "
-            "Remove 'local' from cards, or use --backend auto"
+            f"--backend {backend} cannot run the card 'local', whose memory is known only on a GPU. "
+            f"Remove 'local' from cards, or use --backend auto"
         )
+
+
+def card_backend(card: Card, choice: BackendChoice) -> BackendName:
+    """Choose the backend for a card that is not local.
+
+    With ``auto``, catalog cards are simulated, and inline cards use their own
+    ``backend`` key or are emulated.
+    """
+    if choice in ("emulated", "simulated"):
+        return choice
+    if card.source == "catalog":
+        return "simulated"
+    return card.backend or "emulated"  # type: ignore[return-value]
 
 
 def connect(address: str | None, *, num_cpus: int | None = None) -> None:
@@ -97,23 +130,31 @@ def start_gpu_workers(count: int) -> list[_Worker]:
 
 
 def start_cpu_workers(count: int) -> list[_Worker]:
-    """Start ``count`` CPU actors for emulated cards."""
+    """Start ``count`` CPU actors for emulated and simulated cards."""
     cls = actor_class(num_cpus=1)
     handles = [cls.remote() for _ in range(count)]
     described = ray.get([handle.describe.remote() for handle in handles])
     return [_Worker(handle, "cpu", None, info) for handle, info in zip(handles, described)]
 
 
-def plan_assignments(grid: Grid, local_cards: Iterable[Card], backend: BackendChoice) -> list[Assignment]:
-    """Pair every grid point with every card, measured on local cards and emulated elsewhere."""
+def plan_jobs(grid: Grid, local_cards: list[Card], backend: BackendChoice) -> list[Job]:
+    """Pair every grid point with every card and group the pairs into jobs."""
     pairs: list[tuple[Card, BackendName]] = [(card, "measured") for card in local_cards]
     if backend != "measured":
-        pairs += [(card, "emulated") for card in grid.cards]
-    assignments = []
-    for card, card_backend in pairs:
+        pairs += [(card, card_backend(card, backend)) for card in grid.cards]
+
+    assignments: list[Assignment] = []
+    for card, card_choice in pairs:
         for spec in grid.points:
-            assignments.append(Assignment(len(assignments), spec, card, card_backend))
-    return assignments
+            assignments.append(Assignment(len(assignments), spec, card, card_choice))
+
+    jobs = [Job((item,)) for item in assignments if item.backend != "simulated"]
+    simulated: dict[TrialSpec, list[Assignment]] = collections.defaultdict(list)
+    for item in assignments:
+        if item.backend == "simulated":
+            simulated[item.spec].append(item)
+    # Simulated jobs are cheap: run them first, so their results come early.
+    return [Job(tuple(items)) for items in simulated.values()] + jobs
 
 
 def run_grid(
@@ -123,7 +164,7 @@ def run_grid(
     address: str | None = None,
     max_cpu_workers: int | None = None,
     require_local: bool = True,
-    on_result: Callable[[Assignment, TrialResult, int, int], None] | None = None,
+    on_result: ResultCallback | None = None,
 ) -> list[tuple[Assignment, TrialResult]]:
     """Run every trial of ``grid`` and return (assignment, result) pairs in finishing order.
 
@@ -134,10 +175,10 @@ def run_grid(
     connect(address)
 
     gpu_count = int(ray.cluster_resources().get("GPU", 0))
-    started = start_gpu_workers(gpu_count) if gpu_count and backend != "emulated" else []
+    wants_local = grid.local or backend == "measured"
+    started = start_gpu_workers(gpu_count) if gpu_count and wants_local else []
     try:
         usable = _usable_gpu_workers(started)
-        wants_local = grid.local or backend == "measured"
         if wants_local and not usable:
             if require_local or backend == "measured" or not grid.cards:
                 raise PlanError(
@@ -145,17 +186,15 @@ def run_grid(
                     "Run on a GPU machine or cluster, or replace 'local' with catalog or inline cards"
                 )
             logger.info("no usable CUDA GPU found: the card 'local' is skipped")
-        local_cards = list({worker.card.name: worker.card for worker in usable}.values()) if wants_local else []
-        assignments = plan_assignments(grid, local_cards, backend)
+        local_cards = list({worker.card.name: worker.card for worker in usable}.values())
+        jobs = plan_jobs(grid, local_cards, backend)
 
-        cpu_workers: list[_Worker] = []
-        emulated = sum(1 for item in assignments if item.backend == "emulated")
-        if emulated:
+        cpu_jobs = sum(1 for job in jobs if job.queue == "cpu")
+        if cpu_jobs:
             available = int(ray.available_resources().get("CPU", 1))
-            count = max(1, min(available, emulated, max_cpu_workers or available))
-            cpu_workers = start_cpu_workers(count)
-            started += cpu_workers
-        return _run_queue(assignments, usable if local_cards else [], cpu_workers, on_result, started)
+            count = max(1, min(available, cpu_jobs, max_cpu_workers or available))
+            started += start_cpu_workers(count)
+        return _run_queue(jobs, [worker for worker in started if worker.card or worker.kind == "cpu"], on_result, started)
     finally:
         # Free the actors' resources for the next plan on the same cluster;
         # ``started`` includes replacements for actors that died.
@@ -175,52 +214,49 @@ def _usable_gpu_workers(workers: list[_Worker]) -> list[_Worker]:
 
 
 def _run_queue(
-    assignments: list[Assignment],
-    gpu_workers: list[_Worker],
-    cpu_workers: list[_Worker],
-    on_result: Callable[[Assignment, TrialResult, int, int], None] | None,
+    jobs: list[Job],
+    workers: list[_Worker],
+    on_result: ResultCallback | None,
     started: list[_Worker],
 ) -> list[tuple[Assignment, TrialResult]]:
-    """Feed assignments to workers as a work queue. Replacement workers are appended to ``started``."""
-    # One queue per local card for measured trials, one shared queue for emulated ones.
-    queues: dict[str, collections.deque[Assignment]] = collections.defaultdict(collections.deque)
-    for item in assignments:
-        queues[_queue_key(item)].append(item)
+    """Feed jobs to workers as a work queue. Replacement workers are appended to ``started``."""
+    queues: dict[str, collections.deque[Job]] = collections.defaultdict(collections.deque)
+    for job in jobs:
+        queues[job.queue].append(job)
 
-    in_flight: dict[Any, tuple[_Worker, Assignment]] = {}
+    in_flight: dict[Any, tuple[_Worker, Job]] = {}
     results: list[tuple[Assignment, TrialResult]] = []
-    total = len(assignments)
+    total = sum(len(job.assignments) for job in jobs)
 
     def feed(worker: _Worker) -> None:
-        key = f"measured:{worker.card.name}" if worker.kind == "gpu" else "emulated"
-        if queues[key]:
-            item = queues[key].popleft()
-            ref = worker.handle.run.remote(item.spec, item.card, item.backend)
-            in_flight[ref] = (worker, item)
+        if queues[worker.queue]:
+            job = queues[worker.queue].popleft()
+            in_flight[worker.handle.run_job.remote(job.assignments)] = (worker, job)
 
-    for worker in gpu_workers + cpu_workers:
+    for worker in workers:
         feed(worker)
 
     while in_flight:
         [ref], _ = ray.wait(list(in_flight), num_returns=1)
-        worker, item = in_flight.pop(ref)
+        worker, job = in_flight.pop(ref)
         try:
-            result = ray.get(ref)
+            job_results = ray.get(ref)
         except RayActorError as error:
-            result = TrialResult(status="error", backend=item.backend, error=f"worker process died: {error}")
+            job_results = [_error_result(item, f"worker process died: {error}") for item in job.assignments]
             worker = _replace(worker)
             started.append(worker)
         except RayTaskError as error:
-            result = TrialResult(status="error", backend=item.backend, error=f"{type(error).__name__}: {error}")
-        results.append((item, result))
-        if on_result is not None:
-            on_result(item, result, len(results), total)
+            job_results = [_error_result(item, f"{type(error).__name__}: {error}") for item in job.assignments]
+        for item, result in zip(job.assignments, job_results):
+            results.append((item, result))
+            if on_result is not None:
+                on_result(item, result, len(results), total)
         feed(worker)
     return results
 
 
-def _queue_key(item: Assignment) -> str:
-    return f"measured:{item.card.name}" if item.backend == "measured" else "emulated"
+def _error_result(item: Assignment, message: str) -> TrialResult:
+    return TrialResult(status="error", backend=item.backend, error=message)
 
 
 def _replace(worker: _Worker) -> _Worker:

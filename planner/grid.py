@@ -30,7 +30,8 @@ DEFAULT_CLASSES = {"classification": 10, "segmentation": 4}
 
 _TOP_KEYS = ("cards", "trial", "models")
 _TRIAL_KEYS = ("train_batches", "valid_batches")
-_CARD_KEYS = ("name", "memory", "overhead")
+_CARD_KEYS = ("name", "memory", "overhead", "backend")
+CARD_BACKENDS = ("emulated", "simulated")
 _MODEL_KEYS = ("task", "arch", "image_size", "batch_size", "precision", "classes")
 _REQUIRED_MODEL_KEYS = ("task", "arch", "image_size", "batch_size")
 
@@ -221,13 +222,20 @@ def _parse_inline_card(item: dict, place: str, problems: list[str]) -> Card | No
         overhead = _parse_memory_field(item["overhead"], f"{place}.overhead", problems) or 0
     if memory is None or not ok:
         return None
+    backend = item.get("backend")
+    if backend is not None and backend not in CARD_BACKENDS:
+        problems.append(
+            f"{place}.backend is {backend!r}, which is not a backend for an inline card. "
+            f"Use one of {', '.join(CARD_BACKENDS)}"
+        )
+        return None
     if overhead >= memory:
         problems.append(
             f"{place}.overhead is {item['overhead']!r}, which leaves no memory of "
             f"{item['memory']!r} for trials: it must be smaller than memory"
         )
         return None
-    return Card(name, memory, overhead, "inline")
+    return Card(name, memory, overhead, "inline", backend=backend)
 
 
 def _parse_memory_field(value: Any, place: str, problems: list[str]) -> int | None:

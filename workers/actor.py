@@ -13,7 +13,7 @@ from planner.cards import Card
 from planner.grid import TrialSpec
 from workers.results import TrialResult
 
-BackendName = Literal["measured", "emulated"]
+BackendName = Literal["measured", "emulated", "simulated"]
 
 
 class TrialRunner:
@@ -47,12 +47,24 @@ class TrialRunner:
         return info
 
     def run(self, spec: TrialSpec, card: Card, backend: BackendName) -> TrialResult:
-        """Run one trial of ``spec`` on ``card`` with the named backend."""
+        """Run one trial of ``spec`` on ``card`` with the measured or emulated backend."""
         from workers.backends import EmulatedBackend, MeasuredBackend
         from workers.trial import run_trial
 
         backend_type = MeasuredBackend if backend == "measured" else EmulatedBackend
         return run_trial(spec, backend_type(card))
+
+    def run_job(self, assignments: tuple[Any, ...]) -> list[TrialResult]:
+        """Run a job's assignments and return one result each, in order.
+
+        Simulated assignments share one grid point: one trace answers for all their cards.
+        """
+        from workers.trial import run_simulated_trial
+
+        first = assignments[0]
+        if first.backend == "simulated":
+            return run_simulated_trial(first.spec, [item.card for item in assignments])
+        return [self.run(item.spec, item.card, item.backend) for item in assignments]
 
     def ping(self) -> bool:
         return True

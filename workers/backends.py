@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -18,9 +18,16 @@ from fastai.learner import Learner
 from torch.utils._pytree import tree_map_only
 
 from planner.cards import Card
+from workers.allocator import CachingAllocatorModel
 from workers.tracker import StorageTracker
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+# fp16 loss scaling skips every step whose gradients overflow and halves the
+# scale. From GradScaler's default of 2**16, a freshly initialised network
+# overflows for up to ten steps; starting at 2**10 the optimizer steps after a
+# few batches. The scale changes no tensor's size, so memory is the same.
+FP16_INIT_SCALE = 2.0**10
 
 
 class MeasuredBackend:
@@ -40,10 +47,10 @@ class MeasuredBackend:
         torch.cuda.reset_peak_memory_stats(self.device)
 
     def mixed_precision(self, precision: str) -> MixedPrecision:
-        return MixedPrecision(amp_mode=precision)
+        return MixedPrecision(amp_mode=precision, init_scale=FP16_INIT_SCALE)
 
     @contextlib.contextmanager
-    def tracking(self, learn: Learner) -> Iterator[None]:
+    def tracking(self, learn: Learner, position: Callable[[], int] = lambda: 0) -> Iterator[None]:
         yield
 
     def peaks(self) -> tuple[int | None, int | None]:
@@ -79,14 +86,16 @@ class CPUMixedPrecision(MixedPrecision):
 
 
 class EmulatedBackend:
-    """Compute on the CPU and enforce the card's budget on live tensor storage.
+    """Compute on the CPU and enforce the card's memory with a model of the caching allocator.
 
-    Host-side work is not counted: the data loader builds each batch with the
-    tracker paused, and the batch is then copied under tracking, as fastai's
-    transfer to the GPU would. Model parameters and buffers are counted when
-    the fit starts, as ``model.to(device)`` allocates them on a GPU.
-    NOTE: peak reserved is not modelled yet, so it is reported as missing and
-    the budget is enforced on allocated bytes: fragmentation is not counted.
+    Every storage an operator creates is replayed as a malloc in
+    ``CachingAllocatorModel``, whose capacity is the card's memory less its
+    CUDA context, so a trial runs out of memory where the card's reserved
+    memory would. Host-side work is not counted: the data loader builds each
+    batch with the tracker paused, and the batch is then copied under
+    tracking, as fastai's transfer to the GPU would. Model parameters and
+    buffers are counted when the fit starts, as ``model.to(device)``
+    allocates them on a GPU.
     """
 
     name = "emulated"
@@ -94,29 +103,45 @@ class EmulatedBackend:
     def __init__(self, card: Card) -> None:
         self.card = card
         self.device = torch.device("cpu")
-        self.tracker = StorageTracker(limit_bytes=card.budget_bytes, card_name=card.name)
+        self.allocator = CachingAllocatorModel(capacity_bytes=card.budget_bytes)
+        self.tracker = StorageTracker(allocator=self.allocator, card_name=card.name)
 
     def prepare(self, learn: Learner) -> None:
         for loader in learn.dls.loaders:
             _copy_batches_under_tracking(loader, self.tracker)
 
     def mixed_precision(self, precision: str) -> MixedPrecision:
-        return CPUMixedPrecision(amp_mode=precision)
+        return CPUMixedPrecision(amp_mode=precision, init_scale=FP16_INIT_SCALE)
 
     @contextlib.contextmanager
-    def tracking(self, learn: Learner) -> Iterator[None]:
+    def tracking(self, learn: Learner, position: Callable[[], int] = lambda: 0) -> Iterator[None]:
         with self.tracker:
+            allocate_workspaces(self.allocator, self.card)
             self.tracker.adopt(list(learn.model.parameters()) + list(learn.model.buffers()))
             yield
 
     def peaks(self) -> tuple[int | None, int | None]:
-        return self.tracker.peak_allocated_bytes, None
+        return self.allocator.peak_allocated_bytes, self.allocator.peak_reserved_bytes
 
     def release(self) -> None:
         self.tracker.close()
 
     def device_name(self) -> str | None:
         return None
+
+
+# A training step uses cuBLAS on two threads, the forward on the caller's and
+# the backward on autograd's device thread, and each thread has its own handle.
+# NOTE: an estimate: fp32-only convolutional nets may never call cuBLAS on one
+# of them, which makes this an overestimate of up to two workspaces.
+CUBLAS_HANDLES_PER_TRIAL = 2
+
+
+def allocate_workspaces(allocator: CachingAllocatorModel, card: Card) -> None:
+    """Allocate the cuBLAS workspaces a GPU trial takes from the caching allocator."""
+    if card.workspace_bytes:
+        for _ in range(CUBLAS_HANDLES_PER_TRIAL):
+            allocator.malloc(card.workspace_bytes)
 
 
 def _copy_batches_under_tracking(loader: Any, tracker: StorageTracker) -> None:
@@ -135,4 +160,3 @@ def _copy_batches_under_tracking(loader: Any, tracker: StorageTracker) -> None:
     loader.create_batches = create_batches
 
 
-Backend = MeasuredBackend | EmulatedBackend

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from fastai.callback.core import (
     Callback,
     CancelFitException,
@@ -16,40 +18,79 @@ OPTIMIZER_STEP = "optimizer step"
 VALIDATION = "validation"
 
 
+class Progress(NamedTuple):
+    """Where a fit is: its stage and the batches and optimizer steps completed so far."""
+
+    stage: str
+    train_batches: int
+    valid_batches: int
+    optimizer_steps: int
+
+
 class StageCallback(Callback):
     """Keep ``current_stage`` up to date, so that an OOM can say where it happened.
 
     Runs before every other callback (fastai sorts callbacks by ``order`` for
     each event), so a mixed-precision callback's work in ``before_step`` counts
-    as the optimizer step.
+    as the optimizer step. ``history`` holds a ``Progress`` per stage change,
+    and ``position`` indexes its last entry, so that a simulated trial's
+    allocation events can later be mapped back to stage and batch counts.
     """
 
     order = -50
 
     def __init__(self) -> None:
-        self.current_stage = SETUP
+        self.train_done = self.valid_done = self.steps_done = 0
+        self.step_cancelled = False
+        self.history: list[Progress] = []
+        self._enter(SETUP)
+
+    @property
+    def current_stage(self) -> str:
+        return self.history[-1].stage
+
+    @property
+    def position(self) -> int:
+        return len(self.history) - 1
+
+    def _enter(self, stage: str) -> None:
+        self.history.append(Progress(stage, self.train_done, self.valid_done, self.steps_done))
 
     def before_fit(self) -> None:
-        self.current_stage = SETUP  # moving the model to the device happens here
+        self._enter(SETUP)  # moving the model to the device happens here
 
     def before_train(self) -> None:
-        self.current_stage = TRAIN_FORWARD
+        self._enter(TRAIN_FORWARD)
 
     def before_batch(self) -> None:
-        self.current_stage = TRAIN_FORWARD if self.learn.training else VALIDATION
+        self._enter(TRAIN_FORWARD if self.learn.training else VALIDATION)
 
     def after_loss(self) -> None:
         if self.learn.training:
-            self.current_stage = BACKWARD
+            self._enter(BACKWARD)
 
     def before_step(self) -> None:
-        self.current_stage = OPTIMIZER_STEP
+        self.step_cancelled = False
+        self._enter(OPTIMIZER_STEP)
+
+    def after_cancel_step(self) -> None:
+        self.step_cancelled = True
 
     def after_step(self) -> None:
-        self.current_stage = TRAIN_FORWARD
+        # fastai calls after_step also when a callback cancelled the step
+        # (fp16 loss scaling skips steps whose gradients overflowed).
+        if not self.step_cancelled:
+            self.steps_done += 1
+        self._enter(TRAIN_FORWARD)
+
+    def after_batch(self) -> None:
+        if self.learn.training:
+            self.train_done += 1
+        else:
+            self.valid_done += 1
 
     def before_validate(self) -> None:
-        self.current_stage = VALIDATION
+        self._enter(VALIDATION)
 
 
 class StopAfterNBatches(Callback):
@@ -70,14 +111,23 @@ class StopAfterNBatches(Callback):
         self.train_batches_run = 0
         self.valid_batches_run = 0
         self.optimizer_steps = 0
+        self.step_cancelled = False
 
     def before_fit(self) -> None:
         self.train_batches_run = 0
         self.valid_batches_run = 0
         self.optimizer_steps = 0
 
+    def before_step(self) -> None:
+        self.step_cancelled = False
+
+    def after_cancel_step(self) -> None:
+        self.step_cancelled = True
+
     def after_step(self) -> None:
-        self.optimizer_steps += 1
+        # fastai calls after_step also when a callback cancelled the step.
+        if not self.step_cancelled:
+            self.optimizer_steps += 1
 
     def after_batch(self) -> None:
         if self.learn.training:

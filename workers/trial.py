@@ -5,16 +5,19 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
 from fastai.callback.progress import ProgressCallback
 
+from planner.cards import Card
 from planner.grid import TrialSpec
-from workers.backends import Backend
-from workers.callbacks import StageCallback, StopAfterNBatches
+from workers.backends import EmulatedBackend, MeasuredBackend
+from workers.callbacks import Progress, StageCallback, StopAfterNBatches
 from workers.learners import build_dataloaders, build_learner
 from workers.oom import is_out_of_memory
 from workers.results import TrialResult
+from workers.simulated import SimulatedBackend, replay
 
 logger = logging.getLogger(__name__)
 
@@ -24,18 +27,32 @@ logger = logging.getLogger(__name__)
 _SPARE_TRAIN_BATCHES = {"fp32": 1, "bf16": 1, "fp16": 8}
 
 
-def run_trial(spec: TrialSpec, backend: Backend) -> TrialResult:
-    """Fit ``spec`` on ``backend`` for a few batches and return what it measured.
+@dataclass(frozen=True)
+class FitOutcome:
+    """How a trial's fit ended, before any backend reads its memory figures."""
 
-    An out-of-memory error is a result (status "oom"); any other exception is
-    recorded with its type and message (status "error"). Either way, nothing
-    the trial allocated is referenced once this function returns.
+    status: str  # "fits", "oom" or "error"
+    progress: Progress  # stage and counts when the fit ended or failed
+    train_batches_run: int
+    valid_batches_run: int
+    optimizer_steps: int
+    valid_batch_size: int | None
+    error: str | None
+    seconds: float
+
+
+def fit_trial(spec: TrialSpec, backend) -> tuple[FitOutcome, StageCallback]:
+    """Fit ``spec`` on ``backend`` for a few batches and return how it ended.
+
+    An out-of-memory error is an outcome (status "oom"); any other exception
+    is recorded with its type and message (status "error"). Either way,
+    nothing the fit allocated is referenced once this function returns.
     """
     started = time.perf_counter()
     torch.manual_seed(0)
     stage = StageCallback()
     stop = StopAfterNBatches(spec.train_batches, spec.valid_batches)
-    status, oom_stage, message = "fits", None, None
+    status, message = "fits", None
     valid_batch_size = None
     learn = None
     try:
@@ -53,7 +70,7 @@ def run_trial(spec: TrialSpec, backend: Backend) -> TrialResult:
             learn.add_cb(backend.mixed_precision(spec.precision))
         learn.remove_cb(ProgressCallback)
         backend.prepare(learn)
-        with backend.tracking(learn):
+        with backend.tracking(learn, lambda: stage.position):
             learn.fit_one_cycle(1, cbs=[stage, stop])
         if stop.optimizer_steps < 2:
             status = "error"
@@ -61,10 +78,10 @@ def run_trial(spec: TrialSpec, backend: Backend) -> TrialResult:
                 f"the optimizer stepped {stop.optimizer_steps} times in "
                 f"{stop.train_batches_run} train batches, fewer than the 2 needed to allocate its state"
             )
-    except Exception as error:  # classified below; the trial's result carries it
+    except Exception as error:  # classified below; the outcome carries it
         message = f"{type(error).__name__}: {error}"
         if is_out_of_memory(error):
-            status, oom_stage = "oom", stage.current_stage
+            status = "oom"
         else:
             status = "error"
             logger.debug("trial %s failed", spec, exc_info=True)
@@ -75,20 +92,87 @@ def run_trial(spec: TrialSpec, backend: Backend) -> TrialResult:
         stage.learn = stop.learn = None
         gc.collect()
 
-    allocated, reserved = backend.peaks()
-    device_name = backend.device_name()
-    backend.release()
-    return TrialResult(
+    outcome = FitOutcome(
         status=status,
-        backend=backend.name,
-        oom_stage=oom_stage,
-        peak_allocated_bytes=allocated,
-        peak_reserved_bytes=reserved,
+        progress=stage.history[-1],
         train_batches_run=stop.train_batches_run,
         valid_batches_run=stop.valid_batches_run,
         optimizer_steps=stop.optimizer_steps,
         valid_batch_size=valid_batch_size,
-        seconds=time.perf_counter() - started,
         error=message,
+        seconds=time.perf_counter() - started,
+    )
+    return outcome, stage
+
+
+def run_trial(spec: TrialSpec, backend: MeasuredBackend | EmulatedBackend) -> TrialResult:
+    """Run ``spec`` on the one card of a measured or emulated backend."""
+    outcome, _ = fit_trial(spec, backend)
+    allocated, reserved = backend.peaks()
+    device_name = backend.device_name()
+    backend.release()
+    return TrialResult(
+        status=outcome.status,
+        backend=backend.name,
+        oom_stage=outcome.progress.stage if outcome.status == "oom" else None,
+        peak_allocated_bytes=allocated,
+        peak_reserved_bytes=reserved,
+        train_batches_run=outcome.train_batches_run,
+        valid_batches_run=outcome.valid_batches_run,
+        optimizer_steps=outcome.optimizer_steps,
+        valid_batch_size=outcome.valid_batch_size,
+        seconds=outcome.seconds,
+        error=outcome.error,
         device_name=device_name,
     )
+
+
+def run_simulated_trial(spec: TrialSpec, cards: list[Card]) -> list[TrialResult]:
+    """Trace ``spec`` once on fake tensors and replay the trace on every card.
+
+    A trial that cannot be simulated gives an ``error`` result on every card,
+    with the reason; it is never replaced by another backend.
+    """
+    backend = SimulatedBackend()
+    outcome, stage = fit_trial(spec, backend)
+    backend.release()
+    if outcome.status != "fits":
+        reason = f"cannot be simulated: {outcome.error}"
+        return [
+            TrialResult(status="error", backend=backend.name, seconds=outcome.seconds, error=reason) for _ in cards
+        ]
+
+    results = []
+    for card in cards:
+        started = time.perf_counter()
+        played = replay(backend.events, stage.history, card)
+        seconds = outcome.seconds / len(cards) + time.perf_counter() - started
+        if played.fits:
+            result = TrialResult(
+                status="fits",
+                backend=backend.name,
+                peak_allocated_bytes=played.peak_allocated_bytes,
+                peak_reserved_bytes=played.peak_reserved_bytes,
+                train_batches_run=outcome.train_batches_run,
+                valid_batches_run=outcome.valid_batches_run,
+                optimizer_steps=outcome.optimizer_steps,
+                valid_batch_size=outcome.valid_batch_size,
+                seconds=seconds,
+            )
+        else:
+            progress = played.progress
+            result = TrialResult(
+                status="oom",
+                backend=backend.name,
+                oom_stage=progress.stage,
+                peak_allocated_bytes=played.peak_allocated_bytes,
+                peak_reserved_bytes=played.peak_reserved_bytes,
+                train_batches_run=progress.train_batches,
+                valid_batches_run=progress.valid_batches,
+                optimizer_steps=progress.optimizer_steps,
+                valid_batch_size=outcome.valid_batch_size,
+                seconds=seconds,
+                error=played.message,
+            )
+        results.append(result)
+    return results

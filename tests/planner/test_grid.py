@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from planner.architectures import CLASSIFICATION, SEGMENTATION
+from planner.catalog import CATALOG_CARDS
 from planner.cards import CATALOG, DEFAULT_OVERHEAD_BYTES, MiB, Card, parse_memory
 from planner.cli import load_default_grid
 from planner.grid import Grid, GridError, TrialSettings, TrialSpec, load_grid, parse_grid
@@ -78,7 +79,7 @@ BAD_GRIDS = [
     ),
     pytest.param(
         card_grid("{name: small, memory: 4GiB, memroy: 4GiB}"),
-        "cards[0].memroy is not a known key (did you mean 'memory'?). Known keys: name, memory, overhead",
+        "cards[0].memroy is not a known key (did you mean 'memory'?). Known keys: name, memory, overhead, backend",
         id="card_key",
     ),
     # Tasks and architectures.
@@ -529,8 +530,11 @@ def test_local_absent() -> None:
 def test_catalog_card() -> None:
     grid = parse_grid(CARDS + MODELS)
 
-    # T4's total_memory is 15095 MiB, and catalog cards carry the default CUDA context overhead.
-    assert grid.cards == (Card("T4", 15_095 * MiB, DEFAULT_OVERHEAD_BYTES, "catalog"),)
+    # A catalog card carries the catalog's memory, CUDA context and cuBLAS workspace.
+    entry = CATALOG_CARDS["T4"]
+    assert grid.cards == (
+        Card("T4", entry.memory_bytes, entry.cuda_context_bytes, "catalog", entry.cublas_workspace_bytes, (7, 5)),
+    )
 
 
 def test_inline_card_units() -> None:

@@ -1,0 +1,172 @@
+"""The simulated backend: trace a trial with fake tensors, then replay it for every card.
+
+Fake tensors carry shapes, dtypes and storage sizes but no data, so a
+simulated trial computes nothing and takes about the same time at any batch
+size. One trace, a list of allocation and free events, answers for every card:
+each card replays it through a model of the CUDA caching allocator whose
+capacity is the card's memory less its CUDA context.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from fastai.callback.fp16 import MixedPrecision
+from fastai.learner import Learner
+from fastai.torch_core import TensorBase
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+from planner.cards import Card
+from workers.allocator import AllocatorOutOfMemory, CachingAllocatorModel
+from workers.backends import FP16_INIT_SCALE, CPUMixedPrecision, allocate_workspaces
+from workers.callbacks import Progress
+from workers.tracker import ALLOC, StorageTracker
+
+
+class SimulatedMixedPrecision(CPUMixedPrecision):
+    """Mixed precision without loss scaling, which fake tensors cannot decide.
+
+    ``GradScaler.step`` reads whether any gradient overflowed, a value fake
+    tensors do not have. NOTE: the scaler's own tensors (scale, growth tracker,
+    one found-inf flag per device) are a few 512-byte blocks, left out.
+    """
+
+    def before_fit(self) -> None:
+        super().before_fit()
+        self.learn.scaler = torch.amp.GradScaler("cpu", enabled=False)
+
+
+class SimulatedBackend:
+    """Run a trial on fake tensors and record its allocations for replay on each card.
+
+    What changes from a real fit, and why it allocates the same:
+
+    - Parameters and buffers are swapped for fake tensors of the same shape
+      before the fit, and ``model.to`` becomes a no-op, as the fakes already
+      stand for device memory.
+    - Each loader yields fake batches with the shapes and dtypes that one
+      real two-item batch has after fastai's batch transforms, at the
+      loader's batch size, so no image is decoded.
+    - fastai's ``TensorBase(x)`` casts return a fake tensor unchanged: a cast
+      allocates nothing, and fake tensors cannot change their Python class.
+
+    NOTE: fake tensors run on the CPU here (autograd on fake CUDA tensors
+    needs a CUDA context), so mixed precision follows CPU autocast's operator
+    lists, which differ slightly from CUDA's.
+    """
+
+    name = "simulated"
+
+    def __init__(self) -> None:
+        self.device = torch.device("cpu")
+        self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+        self.events: list[tuple[int, int, int, int]] = []
+        self.tracker: StorageTracker | None = None
+
+    def prepare(self, learn: Learner) -> None:
+        _swap_in_fake_tensors(learn.model, self.fake_mode)
+        model = learn.model
+        model.to = lambda *args, **kwargs: model  # the fakes already stand for device memory
+        for loader in learn.dls.loaders:
+            _yield_fake_batches(loader, self.fake_mode)
+
+    def mixed_precision(self, precision: str) -> MixedPrecision:
+        return SimulatedMixedPrecision(amp_mode=precision, init_scale=FP16_INIT_SCALE)
+
+    @contextlib.contextmanager
+    def tracking(self, learn: Learner, position: Callable[[], int] = lambda: 0) -> Iterator[None]:
+        self.tracker = StorageTracker(events=self.events, position=position, only_fake=True)
+        with _fastai_accepts_fake_tensors(), self.tracker:
+            self.tracker.adopt(list(learn.model.parameters()) + list(learn.model.buffers()))
+            yield
+
+    def release(self) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
+
+
+@dataclass(frozen=True)
+class Replay:
+    """What replaying a trace on one card gave."""
+
+    fits: bool
+    progress: Progress | None  # where the first failed allocation happened
+    peak_allocated_bytes: int
+    peak_reserved_bytes: int
+    message: str | None = None
+
+
+def replay(events: list[tuple[int, int, int, int]], history: list[Progress], card: Card) -> Replay:
+    """Replay a trace's allocations and frees on ``card``'s allocator, stopping at the first OOM."""
+    allocator = CachingAllocatorModel(capacity_bytes=card.budget_bytes)
+    handles: dict[int, int] = {}
+    try:
+        allocate_workspaces(allocator, card)
+        for kind, storage_id, nbytes, position in events:
+            if kind == ALLOC:
+                try:
+                    handles[storage_id] = allocator.malloc(nbytes)
+                except AllocatorOutOfMemory as error:
+                    return Replay(
+                        False,
+                        history[position],
+                        allocator.peak_allocated_bytes,
+                        allocator.peak_reserved_bytes,
+                        f"Simulated card {card.name!r} out of memory: {error}",
+                    )
+            elif storage_id in handles:
+                allocator.free(handles.pop(storage_id))
+    except AllocatorOutOfMemory as error:  # the workspaces alone do not fit
+        return Replay(False, history[0], allocator.peak_allocated_bytes, allocator.peak_reserved_bytes, str(error))
+    return Replay(True, None, allocator.peak_allocated_bytes, allocator.peak_reserved_bytes)
+
+
+def _swap_in_fake_tensors(model: torch.nn.Module, fake_mode: FakeTensorMode) -> None:
+    """Replace every parameter and buffer with a fake tensor of the same shape, keeping ties."""
+    fakes: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for table in (module._parameters, module._buffers):
+            for name, tensor in table.items():
+                if tensor is None:
+                    continue
+                if id(tensor) not in fakes:
+                    fakes[id(tensor)] = fake_mode.from_tensor(tensor)  # keeps nn.Parameter
+                table[name] = fakes[id(tensor)]
+
+
+def _yield_fake_batches(loader, fake_mode: FakeTensorMode) -> None:
+    """Make ``loader`` yield fake batches shaped like its real ones after batch transforms."""
+    sample = loader.after_batch(loader.do_batch([loader.do_item(index) for index in range(2)]))
+    shapes = [(tuple(tensor.shape[1:]), tensor.dtype) for tensor in sample]
+    batch_size = loader.bs
+    count = len(loader)
+
+    def create_batches(samples):
+        for _ in range(count):
+            with fake_mode:
+                batch = tuple(torch.empty((batch_size, *shape), dtype=dtype) for shape, dtype in shapes)
+            # Yield outside the mode: the fit's own code between batches runs on real tensors.
+            yield batch
+
+    loader.create_batches = create_batches
+    loader.after_batch = lambda batch: batch
+
+
+@contextlib.contextmanager
+def _fastai_accepts_fake_tensors() -> Iterator[None]:
+    descriptor = vars(TensorBase)["__new__"]
+    original = TensorBase.__new__
+
+    def new(cls, x, **kwargs):
+        if isinstance(x, FakeTensor):
+            return x
+        return original(cls, x, **kwargs)
+
+    TensorBase.__new__ = staticmethod(new)
+    try:
+        yield
+    finally:
+        TensorBase.__new__ = descriptor
