@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         "unless they set their own backend",
     )
     parser.add_argument("--workers", type=int, help="maximum number of CPU actors for emulated and simulated cards (default: one per free CPU)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the trials already in the output file (and its journal) and run only the others",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="print no progress line per trial")
     return parser
 
@@ -110,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.grid and args.backend in ("emulated", "simulated"):
             grid = dataclasses.replace(grid, local=False)
         output = check_output_path(args.output) if args.output else None
+        if args.resume and output is None:
+            raise PlanError("--resume needs -o/--output: the file whose finished trials are kept")
+        if args.address is not None:
+            from planner.driver import check_address
+
+            check_address(args.address)
         if args.workers is not None and args.workers < 1:
             raise PlanError(f"--workers is {args.workers}, but it must be at least 1")
         from planner.driver import check_backend
@@ -129,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             address=args.address,
             workers=args.workers,
             output=output,
+            resume=args.resume,
             require_local=bool(args.grid),
         )
     except PlanError as error:

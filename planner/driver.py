@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import collections
 import logging
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -104,6 +106,7 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> None:
         return
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     if address is not None:
+        check_address(address)
         import planner
         import workers
 
@@ -113,6 +116,31 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> None:
         ray.init(address=address, **options)
     else:
         ray.init(num_cpus=num_cpus, **options)
+
+
+def check_address(address: str, *, timeout_seconds: float = 5.0) -> None:
+    """Raise ``PlanError`` within seconds when nothing listens at a Ray address.
+
+    ``ray.init`` retries an unreachable address for a long time. "auto" and
+    "local" are left to Ray, which knows where its local cluster listens.
+    """
+    if address in ("auto", "local"):
+        return
+    target = address.removeprefix("ray://")
+    host, separator, port = target.rpartition(":")
+    if not separator or not port.isdigit() or not host:
+        raise PlanError(
+            f"--address is {address!r}, which is not a Ray address. "
+            f"Use host:port (the head's GCS port, 6379 by default), ray://host:port (Ray Client, 10001) or auto"
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_seconds):
+            pass
+    except OSError as error:
+        raise PlanError(
+            f"cannot reach the Ray cluster at {address!r}: {error.strerror or error}. "
+            f"Check that the head node is running (ray start --head) and that the port is open"
+        ) from None
 
 
 def start_gpu_workers(count: int) -> list[_Worker]:
@@ -137,8 +165,17 @@ def start_cpu_workers(count: int) -> list[_Worker]:
     return [_Worker(handle, "cpu", None, info) for handle, info in zip(handles, described)]
 
 
-def plan_jobs(grid: Grid, local_cards: list[Card], backend: BackendChoice) -> list[Job]:
-    """Pair every grid point with every card and group the pairs into jobs."""
+def plan_jobs(
+    grid: Grid,
+    local_cards: list[Card],
+    backend: BackendChoice,
+    *,
+    skip: Callable[[Assignment], bool] | None = None,
+) -> list[Job]:
+    """Pair every grid point with every card and group the pairs into jobs.
+
+    Assignment indices are the same for the same grid and cards, skipped or not.
+    """
     pairs: list[tuple[Card, BackendName]] = [(card, "measured") for card in local_cards]
     if backend != "measured":
         pairs += [(card, card_backend(card, backend)) for card in grid.cards]
@@ -148,6 +185,8 @@ def plan_jobs(grid: Grid, local_cards: list[Card], backend: BackendChoice) -> li
         for spec in grid.points:
             assignments.append(Assignment(len(assignments), spec, card, card_choice))
 
+    if skip is not None:
+        assignments = [item for item in assignments if not skip(item)]
     jobs = [Job((item,)) for item in assignments if item.backend != "simulated"]
     simulated: dict[TrialSpec, list[Assignment]] = collections.defaultdict(list)
     for item in assignments:
@@ -165,11 +204,15 @@ def run_grid(
     max_cpu_workers: int | None = None,
     require_local: bool = True,
     on_result: ResultCallback | None = None,
+    skip: Callable[[Assignment], bool] | None = None,
 ) -> list[tuple[Assignment, TrialResult]]:
     """Run every trial of ``grid`` and return (assignment, result) pairs in finishing order.
 
     With ``require_local`` False, a grid that lists 'local' runs on its other
     cards when Ray finds no usable GPU, instead of raising ``PlanError``.
+    Assignments for which ``skip`` returns True are not run (resuming a plan).
+    A job that runs past ``grid.trial.timeout_seconds`` is stopped: its actor
+    is killed and replaced, and its trials get an ``error`` result.
     """
     check_backend(grid, backend)
     connect(address)
@@ -187,14 +230,15 @@ def run_grid(
                 )
             logger.info("no usable CUDA GPU found: the card 'local' is skipped")
         local_cards = list({worker.card.name: worker.card for worker in usable}.values())
-        jobs = plan_jobs(grid, local_cards, backend)
+        jobs = plan_jobs(grid, local_cards, backend, skip=skip)
 
         cpu_jobs = sum(1 for job in jobs if job.queue == "cpu")
         if cpu_jobs:
             available = int(ray.available_resources().get("CPU", 1))
             count = max(1, min(available, cpu_jobs, max_cpu_workers or available))
             started += start_cpu_workers(count)
-        return _run_queue(jobs, [worker for worker in started if worker.card or worker.kind == "cpu"], on_result, started)
+        usable_workers = [worker for worker in started if worker.card or worker.kind == "cpu"]
+        return _run_queue(jobs, usable_workers, on_result, started, timeout_seconds=grid.trial.timeout_seconds)
     finally:
         # Free the actors' resources for the next plan on the same cluster;
         # ``started`` includes replacements for actors that died.
@@ -218,41 +262,68 @@ def _run_queue(
     workers: list[_Worker],
     on_result: ResultCallback | None,
     started: list[_Worker],
+    *,
+    timeout_seconds: float | None = None,
 ) -> list[tuple[Assignment, TrialResult]]:
     """Feed jobs to workers as a work queue. Replacement workers are appended to ``started``."""
     queues: dict[str, collections.deque[Job]] = collections.defaultdict(collections.deque)
     for job in jobs:
         queues[job.queue].append(job)
 
-    in_flight: dict[Any, tuple[_Worker, Job]] = {}
+    in_flight: dict[Any, tuple[_Worker, Job, float]] = {}
     results: list[tuple[Assignment, TrialResult]] = []
     total = sum(len(job.assignments) for job in jobs)
 
     def feed(worker: _Worker) -> None:
         if queues[worker.queue]:
             job = queues[worker.queue].popleft()
-            in_flight[worker.handle.run_job.remote(job.assignments)] = (worker, job)
+            in_flight[worker.handle.run_job.remote(job.assignments)] = (worker, job, time.monotonic())
+
+    def finish(job: Job, job_results: list[TrialResult]) -> None:
+        for item, result in zip(job.assignments, job_results):
+            results.append((item, result))
+            if on_result is not None:
+                on_result(item, result, len(results), total)
 
     for worker in workers:
         feed(worker)
 
     while in_flight:
-        [ref], _ = ray.wait(list(in_flight), num_returns=1)
-        worker, job = in_flight.pop(ref)
+        wait = None
+        if timeout_seconds is not None:
+            oldest = min(begun for _, _, begun in in_flight.values())
+            wait = max(0.0, oldest + timeout_seconds - time.monotonic())
+        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=wait)
+        if not ready:
+            ref = min(in_flight, key=lambda key: in_flight[key][2])
+            worker, job, _ = in_flight.pop(ref)
+            logger.warning("a job on worker process %s ran past %.0f s; stopping it", worker.describe.get("pid"), timeout_seconds)
+            ray.kill(worker.handle)
+            message = f"timed out after {timeout_seconds:g} s (trial.timeout_seconds); the worker was stopped"
+            finish(job, [_error_result(item, message) for item in job.assignments])
+            worker = _replace(worker)
+            started.append(worker)
+            feed(worker)
+            continue
+
+        [ref] = ready
+        worker, job, _ = in_flight.pop(ref)
         try:
             job_results = ray.get(ref)
         except RayActorError as error:
-            job_results = [_error_result(item, f"worker process died: {error}") for item in job.assignments]
+            job_results = [_error_result(item, f"worker process died: {_first_line(error)}") for item in job.assignments]
             worker = _replace(worker)
             started.append(worker)
         except RayTaskError as error:
-            job_results = [_error_result(item, f"{type(error).__name__}: {error}") for item in job.assignments]
-        for item, result in zip(job.assignments, job_results):
-            results.append((item, result))
-            if on_result is not None:
-                on_result(item, result, len(results), total)
+            job_results = [_error_result(item, f"{type(error).__name__}: {_first_line(error)}") for item in job.assignments]
+        finish(job, job_results)
         feed(worker)
     return results
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _error_result(item: Assignment, message: str) -> TrialResult:

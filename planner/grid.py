@@ -29,7 +29,7 @@ LOCAL_CARD = "local"
 DEFAULT_CLASSES = {"classification": 10, "segmentation": 4}
 
 _TOP_KEYS = ("cards", "trial", "models")
-_TRIAL_KEYS = ("train_batches", "valid_batches")
+_TRIAL_KEYS = ("train_batches", "valid_batches", "timeout_seconds")
 _CARD_KEYS = ("name", "memory", "overhead", "backend")
 CARD_BACKENDS = ("emulated", "simulated")
 _MODEL_KEYS = ("task", "arch", "image_size", "batch_size", "precision", "classes")
@@ -53,6 +53,9 @@ class TrialSettings:
 
     train_batches: int = 2
     valid_batches: int = 1
+    # A job (one trial, or one simulated grid point for all its cards) that
+    # runs longer is stopped and recorded as an error.
+    timeout_seconds: float | None = 600.0
 
 
 @dataclass(frozen=True)
@@ -275,7 +278,14 @@ def _parse_trial(value: Any, problems: list[str]) -> TrialSettings:
             f"(0 skips validation)"
         )
         valid = settings.valid_batches
-    return TrialSettings(train, valid)
+    timeout = value.get("timeout_seconds", settings.timeout_seconds)
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        problems.append(
+            f"trial.timeout_seconds is {timeout!r}, but it must be a positive number of seconds, "
+            f"or null for no limit"
+        )
+        timeout = settings.timeout_seconds
+    return TrialSettings(train, valid, timeout)
 
 
 def _is_int(value: Any) -> bool:

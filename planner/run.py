@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -10,11 +11,15 @@ import torch
 
 from planner import driver
 from planner.grid import Grid
-from planner.output import write_results
+from planner.journal import FINAL_STATUSES, ResultWriter, load_previous, trial_key
 from planner.tables import card_tables, result_row, results_frame
 from workers.results import TrialResult
 
 logger = logging.getLogger("planner")
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 def run_plan(
@@ -24,22 +29,34 @@ def run_plan(
     address: str | None = None,
     workers: int | None = None,
     output: Path | None = None,
+    resume: bool = False,
     require_local: bool = True,
 ) -> int:
     """Run ``grid``, write the long table to ``output`` and print one table per card.
 
     Returns the CLI exit code. Whatever has finished is written even when the
-    run is interrupted (130) or fails inside the driver (1).
+    run is interrupted by SIGINT or SIGTERM (130) or fails inside the driver (1).
+    With ``resume``, trials already in ``output`` (or its journal) with a
+    final status and the same grid point and environment are not run again.
     """
     from planner.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, format_card_table, format_progress
 
-    rows: list[dict] = []
+    previous = load_previous(output) if resume and output is not None else []
+    done = {trial_key(row) for row in previous if row.get("status") in FINAL_STATUSES}
+    if previous:
+        logger.info("resuming: %d finished trials in %s are kept", len(done), output)
+    writer = ResultWriter(output, previous=previous)
 
-    def on_result(assignment: driver.Assignment, result: TrialResult, done: int, total: int) -> None:
-        rows.append(result_row(assignment, result, torch_version=torch.__version__))
-        logger.info(format_progress(assignment, result, done, total))
+    def on_result(assignment: driver.Assignment, result: TrialResult, count: int, total: int) -> None:
+        writer.add(result_row(assignment, result, torch_version=torch.__version__))
+        logger.info(format_progress(assignment, result, count, total))
+
+    def skip(assignment: driver.Assignment) -> bool:
+        row = result_row(assignment, TrialResult(status="fits", backend=assignment.backend), torch_version=torch.__version__)
+        return trial_key(row) in done
 
     code = EXIT_OK
+    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         driver.run_grid(
             grid,
@@ -48,24 +65,26 @@ def run_plan(
             max_cpu_workers=workers,
             require_local=require_local,
             on_result=on_result,
+            skip=skip if done else None,
         )
     except KeyboardInterrupt:
-        print(f"interrupted: {len(rows)} finished trials are kept", file=sys.stderr)
+        print(f"interrupted: {len(writer.rows)} finished trials are kept", file=sys.stderr)
         code = EXIT_INTERRUPTED
     except driver.PlanError:
         raise
     except Exception as error:  # an internal failure: keep what finished, then report it
-        logger.exception("the plan failed after %d trials", len(rows))
+        logger.debug("the plan failed after %d trials", len(writer.rows), exc_info=True)
         print(f"error: the plan failed: {type(error).__name__}: {error}", file=sys.stderr)
         code = EXIT_FAILURE
     finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        writer.close()
         driver.shutdown()
 
-    if not rows:
+    if not writer.rows:
         return code
-    frame = results_frame(rows)
+    frame = results_frame(writer.rows)
     if output is not None:
-        write_results(frame, output)
         logger.info("wrote %d trials to %s", len(frame), output)
     for card, table in card_tables(frame).items():
         print(format_card_table(card, frame, table))

@@ -38,6 +38,7 @@ COLUMNS = [
     "valid_batch_size",
     "card_overhead_bytes",
     "device_name",
+    "worker_pid",
     "torch_version",
     "entry",
     "trial",
@@ -58,6 +59,7 @@ _INT_COLUMNS = [
     "optimizer_steps",
     "valid_batch_size",
     "card_overhead_bytes",
+    "worker_pid",
     "entry",
     "trial",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import warnings
@@ -63,8 +64,10 @@ class TrialRunner:
 
         first = assignments[0]
         if first.backend == "simulated":
-            return run_simulated_trial(first.spec, [item.card for item in assignments])
-        return [self.run(item.spec, item.card, item.backend) for item in assignments]
+            results = run_simulated_trial(first.spec, [item.card for item in assignments])
+        else:
+            results = [self.run(item.spec, item.card, item.backend) for item in assignments]
+        return [dataclasses.replace(result, worker_pid=os.getpid()) for result in results]
 
     def ping(self) -> bool:
         return True

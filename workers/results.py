@@ -24,6 +24,7 @@ class TrialResult:
     seconds: float = 0.0
     error: str | None = None  # exception type and message, for "oom" and "error"
     device_name: str | None = None  # the GPU a measured trial ran on
+    worker_pid: int | None = None  # the actor process that ran the trial
 
     @property
     def fits(self) -> bool | None:

@@ -74,7 +74,7 @@ BAD_GRIDS = [
     pytest.param(
         trial_grid("{train_batch: 2}"),
         "trial.train_batch is not a known key (did you mean 'train_batches'?). "
-        "Known keys: train_batches, valid_batches",
+        "Known keys: train_batches, valid_batches, timeout_seconds",
         id="trial_key",
     ),
     pytest.param(
