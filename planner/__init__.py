@@ -20,12 +20,20 @@ Vocabulary, used the same way in names, messages, columns and docs:
   the driver, as ``torch.cuda.max_memory_reserved`` reports it.
 - *stage*: where in a trial memory was allocated or ran out: ``setup``,
   ``train forward``, ``backward``, ``optimizer step`` or ``validation``.
-- *overhead*: memory on a card that a trial cannot see (CUDA context, library
-  workspaces), subtracted from the card's memory before a trial runs.
+- *simulated*: a backend that runs the same fit on fake tensors, computing
+  nothing, and replays its allocations through a model of the CUDA caching
+  allocator for every card at once.
+- *overhead*: memory on a card outside PyTorch's allocator (the CUDA
+  context), subtracted from the card's memory before a trial runs.
+- *headroom*: memory a search answer or the "max fitting batch size" must
+  leave free on a card.
+- *search*: probing a row's sizes to find the largest batch size (or image
+  size) that fits a card.
 """
 
 from planner.cards import Card, parse_memory
 from planner.grid import Grid, GridError, TrialSpec, load_grid, parse_grid
+from planner.quickfit import quickfit
 
 __all__ = [
     "Card",
@@ -35,4 +43,5 @@ __all__ = [
     "load_grid",
     "parse_grid",
     "parse_memory",
+    "quickfit",
 ]

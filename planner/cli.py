@@ -17,7 +17,7 @@ import pandas as pd
 
 from planner.cards import format_bytes
 from planner.driver import Assignment, PlanError
-from planner.grid import Grid, GridError, load_grid, parse_grid
+from planner.grid import Grid, GridError, Headroom, load_grid, parse_grid
 from planner.output import OutputError, check_output_path
 from workers.results import TrialResult
 
@@ -78,10 +78,27 @@ def format_progress(assignment: Assignment, result: TrialResult, done: int, tota
         outcome = f"OOM in {result.oom_stage}"
     else:
         outcome = f"error: {result.error}"
-    return f"[{done}/{total}] {assignment.card.name} ({assignment.backend}) {point}: {outcome} ({result.seconds:.1f} s)"
+    counter = f"[{done}/{total}]" if total else f"[probe {done}, {assignment.search} search]"
+    return f"{counter} {assignment.card.name} ({assignment.backend}) {point}: {outcome} ({result.seconds:.1f} s)"
 
 
-def format_card_table(card: str, frame: pd.DataFrame, table: pd.DataFrame) -> str:
+def format_search_table(card: str, frame: pd.DataFrame, table: pd.DataFrame, headroom: Headroom) -> str:
+    """Format one card's search answers with a header naming its memory and the headroom left."""
+    rows = frame[frame["card"] == card]
+    memory = int(rows["card_memory_bytes"].iloc[0])
+    limit = int(rows["limit_bytes"].iloc[0])
+    backends = ", ".join(sorted(rows["backend"].dropna().unique()))
+    header = (
+        f"{card}: largest size that fits ({backends}), within {format_bytes(limit)} of {format_bytes(memory)}, "
+        f"headroom {headroom.describe()}"
+    )
+    lines = [header, table.to_string()]
+    for warning in rows["warning"].dropna():
+        lines.append(f"warning: {warning}")
+    return "\n".join(lines) + "\n"
+
+
+def format_card_table(card: str, frame: pd.DataFrame, table: pd.DataFrame, headroom: Headroom | None = None) -> str:
     """Format one card's table with a header naming its memory and how it was measured."""
     rows = frame[frame["card"] == card]
     memory = int(rows["card_memory_bytes"].iloc[0])
@@ -92,6 +109,8 @@ def format_card_table(card: str, frame: pd.DataFrame, table: pd.DataFrame) -> st
         f"{card}: {format_bytes(memory)}, {format_bytes(memory - overhead)} for trials ({backends}); "
         f"cells are {measured} in GiB"
     )
+    if headroom is not None and (headroom.fraction or headroom.nbytes):
+        header += f"; the last column leaves {headroom.describe()} free"
     with pd.option_context("display.max_columns", None, "display.width", 200):
         return f"{header}\n{table.to_string()}\n"
 

@@ -17,7 +17,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
@@ -26,6 +26,9 @@ from planner.cards import DEFAULT_OVERHEAD_BYTES, Card
 from planner.grid import Grid, TrialSpec
 from workers.actor import BackendName, actor_class
 from workers.results import TrialResult
+
+if TYPE_CHECKING:
+    from planner.search import SearchOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +48,8 @@ class Assignment:
     spec: TrialSpec
     card: Card
     backend: BackendName
+    search: str | None = None  # the searched dimension, for a probe of a search
+    repeat: int = 0
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ class _Worker:
     kind: Literal["gpu", "cpu"]
     card: Card | None  # the card a GPU actor measures on
     describe: dict[str, Any]
+    dead: bool = False  # killed or crashed, and replaced by another worker
 
     @property
     def queue(self) -> str:
@@ -205,6 +211,7 @@ def run_grid(
     require_local: bool = True,
     on_result: ResultCallback | None = None,
     skip: Callable[[Assignment], bool] | None = None,
+    on_search: Callable[[SearchOutcome], None] | None = None,
 ) -> list[tuple[Assignment, TrialResult]]:
     """Run every trial of ``grid`` and return (assignment, result) pairs in finishing order.
 
@@ -212,7 +219,10 @@ def run_grid(
     cards when Ray finds no usable GPU, instead of raising ``PlanError``.
     Assignments for which ``skip`` returns True are not run (resuming a plan).
     A job that runs past ``grid.trial.timeout_seconds`` is stopped: its actor
-    is killed and replaced, and its trials get an ``error`` result.
+    is killed and replaced, and its trials get an ``error`` result. The
+    grid's searches run after its fixed trials, on the same actors, and
+    ``on_search`` receives each one's outcome; their probes go to ``on_result``
+    and the returned pairs like any trial.
     """
     check_backend(grid, backend)
     connect(address)
@@ -233,12 +243,24 @@ def run_grid(
         jobs = plan_jobs(grid, local_cards, backend, skip=skip)
 
         cpu_jobs = sum(1 for job in jobs if job.queue == "cpu")
+        if grid.searches and (backend != "measured" and grid.cards):
+            cpu_jobs += len(grid.searches) * len(grid.cards)
         if cpu_jobs:
             available = int(ray.available_resources().get("CPU", 1))
             count = max(1, min(available, cpu_jobs, max_cpu_workers or available))
             started += start_cpu_workers(count)
         usable_workers = [worker for worker in started if worker.card or worker.kind == "cpu"]
-        return _run_queue(jobs, usable_workers, on_result, started, timeout_seconds=grid.trial.timeout_seconds)
+        results = _run_queue(jobs, usable_workers, on_result, started, timeout_seconds=grid.trial.timeout_seconds)
+        if grid.searches:
+            from planner.search_runner import run_searches
+
+            def run_round(round_jobs: list[Job], callback: ResultCallback) -> list[tuple[Assignment, TrialResult]]:
+                live = [worker for worker in started if worker.card or worker.kind == "cpu"]
+                live = [worker for worker in live if not worker.dead]
+                return _run_queue(round_jobs, live, callback, started, timeout_seconds=grid.trial.timeout_seconds)
+
+            results += run_searches(grid, local_cards, backend, run_round, on_result=on_result, on_search=on_search)
+        return results
     finally:
         # Free the actors' resources for the next plan on the same cluster;
         # ``started`` includes replacements for actors that died.
@@ -299,6 +321,7 @@ def _run_queue(
             worker, job, _ = in_flight.pop(ref)
             logger.warning("a job on worker process %s ran past %.0f s; stopping it", worker.describe.get("pid"), timeout_seconds)
             ray.kill(worker.handle)
+            worker.dead = True
             message = f"timed out after {timeout_seconds:g} s (trial.timeout_seconds); the worker was stopped"
             finish(job, [_error_result(item, message) for item in job.assignments])
             worker = _replace(worker)
@@ -312,6 +335,7 @@ def _run_queue(
             job_results = ray.get(ref)
         except RayActorError as error:
             job_results = [_error_result(item, f"worker process died: {_first_line(error)}") for item in job.assignments]
+            worker.dead = True
             worker = _replace(worker)
             started.append(worker)
         except RayTaskError as error:

@@ -28,11 +28,13 @@ LOCAL_CARD = "local"
 # Classes of the synthetic labels when a model entry does not set them.
 DEFAULT_CLASSES = {"classification": 10, "segmentation": 4}
 
-_TOP_KEYS = ("cards", "trial", "models")
-_TRIAL_KEYS = ("train_batches", "valid_batches", "timeout_seconds")
+_TOP_KEYS = ("cards", "trial", "models", "headroom")
+_TRIAL_KEYS = ("train_batches", "valid_batches", "timeout_seconds", "repeats")
 _CARD_KEYS = ("name", "memory", "overhead", "backend")
 CARD_BACKENDS = ("emulated", "simulated")
-_MODEL_KEYS = ("task", "arch", "image_size", "batch_size", "precision", "classes")
+_MODEL_KEYS = ("task", "arch", "image_size", "batch_size", "precision", "classes", "dataset_size")
+_AUTO_KEYS = ("auto", "min", "max", "multiple_of")
+SEARCHABLE = ("batch_size", "image_size")
 _REQUIRED_MODEL_KEYS = ("task", "arch", "image_size", "batch_size")
 
 
@@ -56,6 +58,8 @@ class TrialSettings:
     # A job (one trial, or one simulated grid point for all its cards) that
     # runs longer is stopped and recorded as an error.
     timeout_seconds: float | None = 600.0
+    # How often a search runs each probed size; the highest peak counts.
+    repeats: int = 1
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,57 @@ class TrialSpec:
 
 
 @dataclass(frozen=True)
+class AutoRange:
+    """The sizes a search may probe: multiples of ``multiple_of`` from ``minimum`` to ``maximum``."""
+
+    minimum: int
+    maximum: int
+    multiple_of: int = 1
+    capped_by: str | None = None  # "dataset_size" when the dataset, not max, set the maximum
+
+
+# Defaults of `batch_size: auto` and `image_size: auto`. Batches start at 2
+# because batch norm cannot train on one sample per channel. Image sizes step
+# by 32 pixels, the output stride of most torchvision backbones.
+AUTO_DEFAULTS = {
+    "batch_size": AutoRange(2, 4096, 1),
+    "image_size": AutoRange(32, 1024, 32),
+}
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """A search for the largest ``dimension`` that fits, with every other grid value fixed.
+
+    ``point`` holds the fixed values; its ``dimension`` field is a placeholder.
+    """
+
+    point: TrialSpec
+    dimension: Literal["batch_size", "image_size"]
+    bounds: AutoRange
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """Memory an answer must leave free on a card: a fraction of its memory or a byte count."""
+
+    fraction: float = 0.0
+    nbytes: int = 0
+
+    def bytes_for(self, memory_bytes: int) -> int:
+        return int(self.fraction * memory_bytes) + self.nbytes
+
+    def describe(self) -> str:
+        if self.fraction:
+            return f"{self.fraction * 100:g}% of card memory"
+        if self.nbytes:
+            from planner.cards import format_bytes
+
+            return format_bytes(self.nbytes)
+        return "none"
+
+
+@dataclass(frozen=True)
 class Grid:
     """A validated grid: the cards to plan for and the points to run on each."""
 
@@ -87,6 +142,8 @@ class Grid:
     points: tuple[TrialSpec, ...]
     source: str = "grid"
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    searches: tuple[SearchSpec, ...] = ()
+    headroom: Headroom = Headroom()
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -141,8 +198,31 @@ def _validate(document: Any, problems: list[str], source: str) -> Grid | None:
     # A missing key is reported above, so it is not parsed again as an empty list.
     cards, local = _parse_cards(document["cards"], problems) if "cards" in document else ([], False)
     trial = _parse_trial(document.get("trial", {}), problems)
-    points = _parse_models(document["models"], trial, problems) if "models" in document else []
-    return Grid(tuple(cards), local, trial, tuple(points), source, document)
+    points, searches = _parse_models(document["models"], trial, problems) if "models" in document else ([], [])
+    headroom = _parse_headroom(document["headroom"], problems) if "headroom" in document else Headroom()
+    return Grid(tuple(cards), local, trial, tuple(points), source, document, tuple(searches), headroom)
+
+
+def _parse_headroom(value: Any, problems: list[str]) -> Headroom:
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            percent = float(value.strip()[:-1])
+        except ValueError:
+            percent = -1.0
+        if 0 <= percent < 100:
+            return Headroom(fraction=percent / 100)
+    elif value == 0 or value == "0":
+        return Headroom()
+    else:
+        try:
+            return Headroom(nbytes=parse_memory(value))
+        except ValueError:
+            pass
+    problems.append(
+        f"headroom is {value!r}, but it must be a percent of card memory from 0% to below 100% "
+        f"(for example 10%), or a memory size (for example 1GiB)"
+    )
+    return Headroom()
 
 
 def _describe_required(key: str) -> str:
@@ -278,6 +358,10 @@ def _parse_trial(value: Any, problems: list[str]) -> TrialSettings:
             f"(0 skips validation)"
         )
         valid = settings.valid_batches
+    repeats = value.get("repeats", settings.repeats)
+    if not _is_int(repeats) or repeats < 1:
+        problems.append(f"trial.repeats is {repeats!r}, but it must be a positive integer")
+        repeats = settings.repeats
     timeout = value.get("timeout_seconds", settings.timeout_seconds)
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         problems.append(
@@ -285,24 +369,63 @@ def _parse_trial(value: Any, problems: list[str]) -> TrialSettings:
             f"or null for no limit"
         )
         timeout = settings.timeout_seconds
-    return TrialSettings(train, valid, timeout)
+    return TrialSettings(train, valid, timeout, repeats)
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _parse_models(value: Any, trial: TrialSettings, problems: list[str]) -> list[TrialSpec]:
+def _parse_models(
+    value: Any, trial: TrialSettings, problems: list[str]
+) -> tuple[list[TrialSpec], list[SearchSpec]]:
     if not isinstance(value, list) or not value:
         problems.append(
             f"models is {value!r}, but it must be a non-empty list of model entries, "
             f"each with task, arch, image_size and batch_size"
         )
-        return []
+        return [], []
     points: list[TrialSpec] = []
+    searches: list[SearchSpec] = []
     for index, entry in enumerate(value):
-        points.extend(_parse_model(entry, index, trial, problems))
-    return points
+        entry_points, entry_searches = _parse_model(entry, index, trial, problems)
+        points.extend(entry_points)
+        searches.extend(entry_searches)
+    return points, searches
+
+
+def _is_auto(value: Any) -> bool:
+    return value == "auto" or isinstance(value, dict)
+
+
+def _parse_auto(value: Any, key: str, place: str, problems: list[str]) -> AutoRange | None:
+    """Parse ``auto`` or ``{auto: true, min:, max:, multiple_of:}`` for a searchable key."""
+    defaults = AUTO_DEFAULTS[key]
+    if value == "auto":
+        return defaults
+    _check_keys(value, place, _AUTO_KEYS, problems)
+    if value.get("auto") is not True:
+        problems.append(f"{place}.auto is {value.get('auto')!r}, but a search needs auto: true")
+        return None
+    bounds = {}
+    for name, default in (("min", defaults.minimum), ("max", defaults.maximum), ("multiple_of", defaults.multiple_of)):
+        number = value.get(name, default)
+        if not _is_int(number) or number <= 0:
+            problems.append(f"{place}.{name} is {number!r}, but it must be a positive integer")
+            return None
+        bounds[name] = number
+    if bounds["min"] > bounds["max"]:
+        problems.append(f"{place}.min is {bounds['min']}, which is above {place}.max {bounds['max']}")
+        return None
+    # Probed sizes are multiples of multiple_of; the smallest one must not pass max.
+    lowest = -(-bounds["min"] // bounds["multiple_of"]) * bounds["multiple_of"]
+    if lowest > bounds["max"]:
+        problems.append(
+            f"{place} has no multiple of {bounds['multiple_of']} between min {bounds['min']} "
+            f"and max {bounds['max']}"
+        )
+        return None
+    return AutoRange(lowest, bounds["max"], bounds["multiple_of"])
 
 
 def _as_list(entry: dict, key: str, place: str, problems: list[str]) -> list[Any] | None:
@@ -315,14 +438,16 @@ def _as_list(entry: dict, key: str, place: str, problems: list[str]) -> list[Any
     return [value]
 
 
-def _parse_model(entry: Any, index: int, trial: TrialSettings, problems: list[str]) -> list[TrialSpec]:
+def _parse_model(
+    entry: Any, index: int, trial: TrialSettings, problems: list[str]
+) -> tuple[list[TrialSpec], list[SearchSpec]]:
     place = f"models[{index}]"
     if not isinstance(entry, dict):
         problems.append(
             f"{place} is {entry!r}, but a model entry must be a mapping with "
             f"task, arch, image_size and batch_size"
         )
-        return []
+        return [], []
     _check_keys(entry, place, _MODEL_KEYS, problems)
     missing = [key for key in _REQUIRED_MODEL_KEYS if key not in entry]
     for key in missing:
@@ -334,10 +459,12 @@ def _parse_model(entry: Any, index: int, trial: TrialSettings, problems: list[st
         problems.append(f"{place}.task is {task!r}, which is not a known task{hint}. Use one of {', '.join(TASKS)}")
         task = None
 
+    searched, bounds, invalid_auto = _parse_searched(entry, place, problems)
+
     values: dict[str, list[Any]] = {}
     has_empty_list = False
     for key in ("arch", "image_size", "batch_size", "precision", "classes"):
-        if key not in entry:
+        if key not in entry or key == searched:
             continue
         items = _as_list(entry, key, place, problems)
         if items is None:
@@ -352,18 +479,59 @@ def _parse_model(entry: Any, index: int, trial: TrialSettings, problems: list[st
                 checked.append(item)
         values[key] = checked
 
-    if missing or task is None or has_empty_list or any(len(items) != len(_as_list_quiet(entry[key])) for key, items in values.items()):
-        return []
+    dataset_size = entry.get("dataset_size")
+    if dataset_size is not None and (not _is_int(dataset_size) or dataset_size <= 0):
+        problems.append(f"{place}.dataset_size is {dataset_size!r}, but it must be a positive integer (training samples)")
+        invalid_auto = True
+
+    if (
+        missing
+        or task is None
+        or has_empty_list
+        or invalid_auto
+        or any(len(items) != len(_as_list_quiet(entry[key])) for key, items in values.items())
+    ):
+        return [], []
 
     values.setdefault("precision", ["fp32"])
     values.setdefault("classes", [DEFAULT_CLASSES[task]])
+    if searched is not None:
+        # A batch cannot hold more samples than the training set (fastai drops the last partial batch).
+        if searched == "batch_size" and dataset_size is not None and dataset_size < bounds.maximum:
+            if dataset_size < bounds.minimum:
+                problems.append(
+                    f"{place}.dataset_size is {dataset_size}, below the smallest batch size the search may probe "
+                    f"({bounds.minimum})"
+                )
+                return [], []
+            bounds = AutoRange(bounds.minimum, dataset_size, bounds.multiple_of, "dataset_size")
+        values[searched] = [bounds.minimum]  # placeholder, replaced by each probe
     combos = itertools.product(
         values["arch"], values["image_size"], values["batch_size"], values["precision"], values["classes"]
     )
-    return [
+    specs = [
         TrialSpec(task, arch, size, batch, precision, classes, trial.train_batches, trial.valid_batches, index)
         for arch, size, batch, precision, classes in combos
     ]
+    if searched is None:
+        return specs, []
+    return [], [SearchSpec(spec, searched, bounds) for spec in specs]
+
+
+def _parse_searched(entry: dict, place: str, problems: list[str]) -> tuple[str | None, AutoRange | None, bool]:
+    """Find the one searched key of a model entry, if any, and its bounds."""
+    searched = [key for key in SEARCHABLE if key in entry and _is_auto(entry[key])]
+    if len(searched) > 1:
+        problems.append(
+            f"{place} sets both batch_size and image_size to auto: search one of them, "
+            f"with the other fixed"
+        )
+        return None, None, True
+    if not searched:
+        return None, None, False
+    key = searched[0]
+    bounds = _parse_auto(entry[key], key, f"{place}.{key}", problems)
+    return key, bounds, bounds is None
 
 
 def _as_list_quiet(value: Any) -> list[Any]:

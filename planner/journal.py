@@ -1,9 +1,9 @@
 """Keep finished trials safe while a plan runs, and find them again to resume.
 
 Each finished trial is appended to a journal next to the output file
-(``OUT.journal.jsonl``, one JSON row per line) the moment its result arrives,
-and the output file itself is rewritten atomically at most every
-``flush_seconds`` and when the plan ends, however it ends. A plan killed
+(``OUT.journal.jsonl``, one JSON row per line) the moment its result arrives.
+The output file itself is rewritten atomically at most every
+``flush_seconds``, and when the plan ends, however it ends. A plan killed
 without warning leaves the journal; ``--resume`` reads both.
 """
 
@@ -37,6 +37,8 @@ KEY_COLUMNS = (
     "card_memory_bytes",
     "backend",
     "torch_version",
+    "search",
+    "repeat",
 )
 
 # Statuses that are results. An "error" row (a worker that died, a timeout)

@@ -12,7 +12,8 @@ import torch
 from planner import driver
 from planner.grid import Grid
 from planner.journal import FINAL_STATUSES, ResultWriter, load_previous, trial_key
-from planner.tables import card_tables, result_row, results_frame
+from planner.output import write_results
+from planner.tables import card_tables, result_row, results_frame, search_frame, search_tables
 from workers.results import TrialResult
 
 logger = logging.getLogger("planner")
@@ -39,13 +40,21 @@ def run_plan(
     With ``resume``, trials already in ``output`` (or its journal) with a
     final status and the same grid point and environment are not run again.
     """
-    from planner.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, format_card_table, format_progress
+    from planner.cli import (
+        EXIT_FAILURE,
+        EXIT_INTERRUPTED,
+        EXIT_OK,
+        format_card_table,
+        format_progress,
+        format_search_table,
+    )
 
     previous = load_previous(output) if resume and output is not None else []
     done = {trial_key(row) for row in previous if row.get("status") in FINAL_STATUSES}
     if previous:
         logger.info("resuming: %d finished trials in %s are kept", len(done), output)
     writer = ResultWriter(output, previous=previous)
+    outcomes: list = []
 
     def on_result(assignment: driver.Assignment, result: TrialResult, count: int, total: int) -> None:
         writer.add(result_row(assignment, result, torch_version=torch.__version__))
@@ -66,6 +75,7 @@ def run_plan(
             require_local=require_local,
             on_result=on_result,
             skip=skip if done else None,
+            on_search=outcomes.append,
         )
     except KeyboardInterrupt:
         print(f"interrupted: {len(writer.rows)} finished trials are kept", file=sys.stderr)
@@ -81,11 +91,24 @@ def run_plan(
         writer.close()
         driver.shutdown()
 
+    if outcomes:
+        searches = search_frame(outcomes)
+        if output is not None:
+            path = search_output_path(output)
+            write_results(searches, path)
+            logger.info("wrote %d search answers to %s", len(searches), path)
+        for card, table in search_tables(searches).items():
+            print(format_search_table(card, searches, table, grid.headroom))
     if not writer.rows:
         return code
     frame = results_frame(writer.rows)
     if output is not None:
         logger.info("wrote %d trials to %s", len(frame), output)
-    for card, table in card_tables(frame).items():
-        print(format_card_table(card, frame, table))
+    for card, table in card_tables(frame, headroom=grid.headroom).items():
+        print(format_card_table(card, frame, table, grid.headroom))
     return code
+
+
+def search_output_path(output: Path) -> Path:
+    """Return where the search answers go: ``out.parquet`` gives ``out.search.parquet``."""
+    return output.with_name(f"{output.stem}.search{output.suffix}")

@@ -8,6 +8,8 @@ from typing import Any
 import pandas as pd
 
 from planner.cards import GiB
+from planner.grid import Headroom
+from planner.search import SearchOutcome
 from planner.driver import Assignment
 from workers.results import TrialResult
 
@@ -29,6 +31,7 @@ COLUMNS = [
     "seconds",
     "error",
     "status",
+    "samples_per_second",
     "classes",
     "train_batches",
     "valid_batches",
@@ -39,6 +42,9 @@ COLUMNS = [
     "card_overhead_bytes",
     "device_name",
     "worker_pid",
+    "needed_bytes",
+    "search",
+    "repeat",
     "torch_version",
     "entry",
     "trial",
@@ -60,10 +66,24 @@ _INT_COLUMNS = [
     "valid_batch_size",
     "card_overhead_bytes",
     "worker_pid",
+    "needed_bytes",
+    "repeat",
     "entry",
     "trial",
 ]
-_STRING_COLUMNS = ["task", "arch", "precision", "card", "backend", "oom_stage", "error", "status", "device_name", "torch_version"]
+_STRING_COLUMNS = [
+    "task",
+    "arch",
+    "precision",
+    "card",
+    "backend",
+    "oom_stage",
+    "error",
+    "status",
+    "device_name",
+    "search",
+    "torch_version",
+]
 
 ROW_KEYS = ["task", "arch", "image_size", "precision"]
 
@@ -78,6 +98,8 @@ def result_row(assignment: Assignment, result: TrialResult, *, torch_version: st
         card_overhead_bytes=assignment.card.overhead_bytes,
         torch_version=torch_version,
         trial=assignment.index,
+        search=assignment.search,
+        repeat=assignment.repeat,
     )
     return row
 
@@ -95,6 +117,7 @@ def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
         frame[column] = frame[column].astype("string")
     frame["fits"] = frame["fits"].astype("boolean")
     frame["seconds"] = frame["seconds"].astype("float64")
+    frame["samples_per_second"] = frame["samples_per_second"].astype("float64")
     return frame.sort_values(["card", *ROW_KEYS, "batch_size"], kind="stable").reset_index(drop=True)
 
 
@@ -109,14 +132,25 @@ def _cell(row: pd.Series) -> str:
     return f"{peak / GiB:.2f}"
 
 
-def card_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def _within_headroom(frame: pd.DataFrame, headroom: Headroom) -> pd.Series:
+    """True for trials that fitted and left the headroom free on their card."""
+    peak = frame["peak_reserved_bytes"].fillna(frame["peak_allocated_bytes"])
+    budget = frame["card_memory_bytes"] - frame["card_overhead_bytes"]
+    spare = budget - peak
+    needed = frame["card_memory_bytes"].map(headroom.bytes_for)
+    return (frame["status"] == "fits") & (spare >= needed).fillna(True)
+
+
+def card_tables(frame: pd.DataFrame, *, headroom: Headroom = Headroom()) -> dict[str, pd.DataFrame]:
     """Return one table per card: rows are task/arch/image size/precision, columns batch sizes.
 
     Cells hold peak memory in GiB (peak reserved where the backend measures
     it, else peak allocated), ``OOM`` or ``ERR``. The last column is the
-    largest batch size that fitted in each row.
+    largest batch size that fitted in each row and left ``headroom`` free.
+    Search probes are left out: ``search_tables`` shows their answers.
     """
     tables: dict[str, pd.DataFrame] = {}
+    frame = frame[frame["search"].isna()]
     # Cards in the order the grid lists them, which is the order of trial ids.
     order = frame.groupby("card")["trial"].min().sort_values().index
     for card in order:
@@ -125,7 +159,127 @@ def card_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
         table = cells.pivot_table(index=ROW_KEYS, columns="batch_size", values="cell", aggfunc="first")
         table = table.reindex(sorted(table.columns), axis=1).fillna("")
         table.columns = [str(column) for column in table.columns]
-        fitting = group[group["status"] == "fits"].groupby(ROW_KEYS)["batch_size"].max()
+        fitting = group[_within_headroom(group, headroom)].groupby(ROW_KEYS)["batch_size"].max()
         table["max fitting batch size"] = fitting.reindex(table.index).astype("Int64").astype("string").fillna("none")
+        tables[str(card)] = table
+    return tables
+
+
+SEARCH_COLUMNS = [
+    "task",
+    "arch",
+    "image_size",
+    "batch_size",
+    "precision",
+    "classes",
+    "card",
+    "card_memory_bytes",
+    "backend",
+    "searched",
+    "answer",
+    "answer_peak_bytes",
+    "headroom_bytes",
+    "limit_bytes",
+    "search_trials",
+    "probed_sizes",
+    "fits_nowhere",
+    "needed_bytes",
+    "spread_bytes",
+    "warning",
+    "error",
+    "search_min",
+    "search_max",
+    "search_multiple_of",
+    "capped_by",
+]
+
+
+def search_frame(outcomes: Iterable[SearchOutcome]) -> pd.DataFrame:
+    """Build the table of search answers, one row per searched row and card."""
+    rows = []
+    for outcome in outcomes:
+        point = outcome.search.point
+        searched = outcome.search.dimension
+        bounds = outcome.search.bounds
+        row = {
+            "task": point.task,
+            "arch": point.arch,
+            "image_size": point.image_size,
+            "batch_size": point.batch_size,
+            "precision": point.precision,
+            "classes": point.classes,
+            "card": outcome.card.name,
+            "card_memory_bytes": outcome.card.memory_bytes,
+            "backend": outcome.backend,
+            "searched": searched,
+            "answer": outcome.answer,
+            "answer_peak_bytes": outcome.answer_peak_bytes,
+            "headroom_bytes": outcome.headroom_bytes,
+            "limit_bytes": outcome.limit_bytes,
+            "search_trials": outcome.trials,
+            "probed_sizes": outcome.probed_sizes,
+            "fits_nowhere": outcome.answer is None and outcome.error is None,
+            "needed_bytes": outcome.needed_bytes,
+            "spread_bytes": outcome.spread_bytes,
+            "warning": outcome.warning,
+            "error": outcome.error,
+            "search_min": bounds.minimum,
+            "search_max": bounds.maximum,
+            "search_multiple_of": bounds.multiple_of,
+            "capped_by": bounds.capped_by,
+        }
+        row[searched] = None  # the searched value is the answer
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=SEARCH_COLUMNS)
+    for column in ("image_size", "batch_size", "classes", "card_memory_bytes", "answer", "answer_peak_bytes",
+                   "headroom_bytes", "limit_bytes", "search_trials", "needed_bytes", "spread_bytes",
+                   "search_min", "search_max", "search_multiple_of"):
+        frame[column] = frame[column].astype("Int64")
+    for column in ("task", "arch", "precision", "card", "backend", "searched", "probed_sizes", "warning", "error", "capped_by"):
+        frame[column] = frame[column].astype("string")
+    frame["fits_nowhere"] = frame["fits_nowhere"].astype("boolean")
+    return frame
+
+
+def _answer_cell(row: pd.Series) -> str:
+    if pd.notna(row["error"]):
+        return "ERR"
+    if row["fits_nowhere"]:
+        if pd.notna(row["needed_bytes"]):
+            return f"none (needs {row['needed_bytes'] / GiB:.2f} GiB)"
+        return "none"
+    answer = str(row["answer"])
+    if pd.notna(row["capped_by"]) and row["answer"] == row["search_max"]:
+        answer += " (dataset size)"
+    elif row["answer"] == row["search_max"]:
+        answer += " (max)"
+    if pd.notna(row["warning"]):
+        answer += " !"
+    return answer
+
+
+def search_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Return one table per card with each searched row's answer, its peak and the trials it took."""
+    tables: dict[str, pd.DataFrame] = {}
+    for card in frame["card"].unique():
+        group = frame[frame["card"] == card]
+        table = pd.DataFrame(
+            {
+                "task": group["task"],
+                "arch": group["arch"],
+                "fixed": [
+                    f"image_size={row.image_size}" if row.searched == "batch_size" else f"batch_size={row.batch_size}"
+                    for row in group.itertuples()
+                ],
+                "precision": group["precision"],
+                "searched": group["searched"],
+                "largest that fits": group.apply(_answer_cell, axis=1),
+                "peak GiB": [
+                    f"{peak / GiB:.2f}" if pd.notna(peak) else "-" for peak in group["answer_peak_bytes"]
+                ],
+                "trials": group["search_trials"],
+                "probed": group["probed_sizes"],
+            }
+        ).set_index(["task", "arch", "fixed", "precision"])
         tables[str(card)] = table
     return tables

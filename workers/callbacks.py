@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import NamedTuple
 
 from fastai.callback.core import (
@@ -145,3 +146,35 @@ class StopAfterNBatches(Callback):
 
     def after_epoch(self) -> None:
         raise CancelFitException()
+
+
+class ThroughputCallback(Callback):
+    """Time train batches after the first, for samples per second on a real device.
+
+    The first batch is left out: it pays for cuDNN's algorithm search and lazy
+    initialisation. On CUDA each timestamp waits for the device to finish.
+    """
+
+    order = 94  # after the optimizer step, before StopAfterNBatches ends training in after_batch
+
+    def __init__(self, *, synchronize: bool = False) -> None:
+        self.synchronize = synchronize
+        self.batch_ends: list[float] = []
+        self.samples: list[int] = []
+
+    def after_batch(self) -> None:
+        if not self.learn.training:
+            return
+        if self.synchronize:
+            import torch
+
+            torch.cuda.synchronize()
+        self.batch_ends.append(time.perf_counter())
+        self.samples.append(len(self.learn.xb[0]))
+
+    @property
+    def samples_per_second(self) -> float | None:
+        """Samples per second over the train batches after the first, None with fewer than two."""
+        if len(self.batch_ends) < 2:
+            return None
+        return sum(self.samples[1:]) / (self.batch_ends[-1] - self.batch_ends[0])

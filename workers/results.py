@@ -25,6 +25,8 @@ class TrialResult:
     error: str | None = None  # exception type and message, for "oom" and "error"
     device_name: str | None = None  # the GPU a measured trial ran on
     worker_pid: int | None = None  # the actor process that ran the trial
+    needed_bytes: int | None = None  # for an OOM, the peak reserved the trial would need, where known
+    samples_per_second: float | None = None  # train throughput after the first batch, measured trials only
 
     @property
     def fits(self) -> bool | None:

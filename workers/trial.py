@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import time
@@ -13,7 +14,7 @@ from fastai.callback.progress import ProgressCallback
 from planner.cards import Card
 from planner.grid import TrialSpec
 from workers.backends import EmulatedBackend, MeasuredBackend
-from workers.callbacks import Progress, StageCallback, StopAfterNBatches
+from workers.callbacks import Progress, StageCallback, StopAfterNBatches, ThroughputCallback
 from workers.learners import build_dataloaders, build_learner
 from workers.oom import is_out_of_memory
 from workers.results import TrialResult
@@ -25,6 +26,9 @@ logger = logging.getLogger(__name__)
 # that fp16 loss scaling can skip a few overflowing steps and the optimizer
 # still steps twice.
 _SPARE_TRAIN_BATCHES = {"fp32": 1, "bf16": 1, "fp16": 8}
+
+# Memory of a card with room for any trial, to measure what a trial needs.
+_UNLIMITED_BYTES = 2**50
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class FitOutcome:
     valid_batch_size: int | None
     error: str | None
     seconds: float
+    samples_per_second: float | None = None  # measured trials only: the CPU backends' speed says nothing of a GPU's
 
 
 def fit_trial(spec: TrialSpec, backend) -> tuple[FitOutcome, StageCallback]:
@@ -52,6 +57,7 @@ def fit_trial(spec: TrialSpec, backend) -> tuple[FitOutcome, StageCallback]:
     torch.manual_seed(0)
     stage = StageCallback()
     stop = StopAfterNBatches(spec.train_batches, spec.valid_batches)
+    timer = ThroughputCallback(synchronize=True) if backend.name == "measured" else None
     status, message = "fits", None
     valid_batch_size = None
     learn = None
@@ -71,7 +77,7 @@ def fit_trial(spec: TrialSpec, backend) -> tuple[FitOutcome, StageCallback]:
         learn.remove_cb(ProgressCallback)
         backend.prepare(learn)
         with backend.tracking(learn, lambda: stage.position):
-            learn.fit_one_cycle(1, cbs=[stage, stop])
+            learn.fit_one_cycle(1, cbs=[stage, stop] + ([timer] if timer else []))
         if stop.optimizer_steps < 2:
             status = "error"
             message = (
@@ -90,6 +96,8 @@ def fit_trial(spec: TrialSpec, backend) -> tuple[FitOutcome, StageCallback]:
         # cache state: fastai's Learner and its callbacks form reference cycles.
         learn = None
         stage.learn = stop.learn = None
+        if timer is not None:
+            timer.learn = None
         gc.collect()
 
     outcome = FitOutcome(
@@ -101,6 +109,7 @@ def fit_trial(spec: TrialSpec, backend) -> tuple[FitOutcome, StageCallback]:
         valid_batch_size=valid_batch_size,
         error=message,
         seconds=time.perf_counter() - started,
+        samples_per_second=timer.samples_per_second if timer is not None and status == "fits" else None,
     )
     return outcome, stage
 
@@ -124,6 +133,7 @@ def run_trial(spec: TrialSpec, backend: MeasuredBackend | EmulatedBackend) -> Tr
         seconds=outcome.seconds,
         error=outcome.error,
         device_name=device_name,
+        samples_per_second=outcome.samples_per_second,
     )
 
 
@@ -160,6 +170,9 @@ def run_simulated_trial(spec: TrialSpec, cards: list[Card]) -> list[TrialResult]
                 seconds=seconds,
             )
         else:
+            # Replay once more with room for everything: what the card would have needed.
+            roomy = dataclasses.replace(card, memory_bytes=_UNLIMITED_BYTES, overhead_bytes=0)
+            needed = replay(backend.events, stage.history, roomy).peak_reserved_bytes
             progress = played.progress
             result = TrialResult(
                 status="oom",
@@ -173,6 +186,7 @@ def run_simulated_trial(spec: TrialSpec, cards: list[Card]) -> list[TrialResult]
                 valid_batch_size=outcome.valid_batch_size,
                 seconds=seconds,
                 error=played.message,
+                needed_bytes=needed,
             )
         results.append(result)
     return results

@@ -160,3 +160,22 @@ def test_trial_after_oom_measures_same_peak():
     after = run_trial(spec(batch_size=8), EmulatedBackend(BIG))
     assert failed.status == "oom"
     assert after.peak_allocated_bytes == alone.peak_allocated_bytes
+
+
+def test_throughput_callback_times_batches_after_first():
+    from workers.callbacks import ThroughputCallback
+
+    trial = spec(train_batches=3, valid_batches=1)
+    dls = build_dataloaders(trial, train_items=16, valid_items=4, device=torch.device("cpu"))
+    learn = build_learner(trial, dls)
+    learn.remove_cb(ProgressCallback)
+    timer = ThroughputCallback()
+    learn.fit_one_cycle(1, cbs=[StopAfterNBatches(3, 1), timer])
+    assert len(timer.batch_ends) == 3
+    assert timer.samples == [4, 4, 4]
+    assert timer.samples_per_second > 0
+
+
+def test_emulated_trial_reports_no_throughput():
+    # CPU speed says nothing about a GPU's, so only measured trials report it.
+    assert run_trial(spec(), EmulatedBackend(BIG)).samples_per_second is None
