@@ -32,7 +32,21 @@ _TOP_KEYS = ("cards", "trial", "models", "headroom")
 _TRIAL_KEYS = ("train_batches", "valid_batches", "timeout_seconds", "repeats")
 _CARD_KEYS = ("name", "memory", "overhead", "backend")
 CARD_BACKENDS = ("emulated", "simulated")
-_MODEL_KEYS = ("task", "arch", "image_size", "batch_size", "precision", "classes", "dataset_size")
+_MODEL_KEYS = (
+    "task",
+    "arch",
+    "image_size",
+    "batch_size",
+    "precision",
+    "classes",
+    "dataset_size",
+    "fit",
+    "stages",
+    "valid_batch_size",
+    "grad_accumulation",
+)
+FITS = ("fit_one_cycle", "fine_tune", "lr_find")
+_STAGE_KEYS = ("image_size", "batch_size")
 _AUTO_KEYS = ("auto", "min", "max", "multiple_of")
 SEARCHABLE = ("batch_size", "image_size")
 _REQUIRED_MODEL_KEYS = ("task", "arch", "image_size", "batch_size")
@@ -75,10 +89,31 @@ class TrialSpec:
     train_batches: int = 2
     valid_batches: int = 1
     entry: int = 0  # index of the model entry in the grid file
+    fit: str = "fit_one_cycle"  # the fit the user runs: fit_one_cycle, fine_tune (frozen, then unfrozen) or lr_find
+    # Progressive resizing: (image_size, batch_size) of each later fit on the
+    # same Learner. The first stage is image_size and batch_size above.
+    later_stages: tuple[tuple[int, int], ...] = ()
+    valid_batch_size: int | None = None  # None: fastai's default, the train batch size
+    grad_accumulation: int = 1  # batches per optimizer step (fastai's GradientAccumulation)
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Samples per optimizer step."""
+        return self.batch_size * self.grad_accumulation
+
+    @property
+    def stages(self) -> tuple[tuple[int, int], ...]:
+        """(image_size, batch_size) of every fit of a progressive-resizing trial, the first included."""
+        return ((self.image_size, self.batch_size), *self.later_stages)
 
     def as_row(self) -> dict[str, Any]:
         """Return the fields that identify this point in a result row."""
-        return asdict(self)
+        row = asdict(self)
+        # The result's valid_batch_size is what fastai used; this is what the grid set.
+        row["requested_valid_batch_size"] = row.pop("valid_batch_size")
+        row["later_stages"] = " ".join(f"{size}px/bs{batch}" for size, batch in self.later_stages) or None
+        row["effective_batch_size"] = self.effective_batch_size
+        return row
 
 
 @dataclass(frozen=True)
@@ -449,7 +484,9 @@ def _parse_model(
         )
         return [], []
     _check_keys(entry, place, _MODEL_KEYS, problems)
-    missing = [key for key in _REQUIRED_MODEL_KEYS if key not in entry]
+    stages = _parse_stages(entry, place, problems) if "stages" in entry else None
+    required = [key for key in _REQUIRED_MODEL_KEYS if stages is None or key not in _STAGE_KEYS]
+    missing = [key for key in required if key not in entry]
     for key in missing:
         problems.append(f"{place}.{key} is missing: every model entry needs {', '.join(_REQUIRED_MODEL_KEYS)}")
 
@@ -463,8 +500,8 @@ def _parse_model(
 
     values: dict[str, list[Any]] = {}
     has_empty_list = False
-    for key in ("arch", "image_size", "batch_size", "precision", "classes"):
-        if key not in entry or key == searched:
+    for key in ("arch", "image_size", "batch_size", "precision", "classes", "fit", "valid_batch_size", "grad_accumulation"):
+        if key not in entry or key == searched or (stages is not None and key in _STAGE_KEYS):
             continue
         items = _as_list(entry, key, place, problems)
         if items is None:
@@ -493,8 +530,20 @@ def _parse_model(
     ):
         return [], []
 
+    if stages is not None and (searched is not None or stages is False):
+        if searched is not None:
+            problems.append(f"{place}.stages cannot be combined with a search: give fixed sizes in each stage")
+        return [], []
     values.setdefault("precision", ["fp32"])
     values.setdefault("classes", [DEFAULT_CLASSES[task]])
+    values.setdefault("fit", ["fit_one_cycle"])
+    values.setdefault("valid_batch_size", [None])
+    values.setdefault("grad_accumulation", [1])
+    later: tuple[tuple[int, int], ...] = ()
+    if stages:
+        (first_size, first_batch), *rest = stages
+        values["image_size"], values["batch_size"] = [first_size], [first_batch]
+        later = tuple(rest)
     if searched is not None:
         # A batch cannot hold more samples than the training set (fastai drops the last partial batch).
         if searched == "batch_size" and dataset_size is not None and dataset_size < bounds.maximum:
@@ -507,15 +556,68 @@ def _parse_model(
             bounds = AutoRange(bounds.minimum, dataset_size, bounds.multiple_of, "dataset_size")
         values[searched] = [bounds.minimum]  # placeholder, replaced by each probe
     combos = itertools.product(
-        values["arch"], values["image_size"], values["batch_size"], values["precision"], values["classes"]
+        values["arch"],
+        values["image_size"],
+        values["batch_size"],
+        values["precision"],
+        values["classes"],
+        values["fit"],
+        values["valid_batch_size"],
+        values["grad_accumulation"],
     )
     specs = [
-        TrialSpec(task, arch, size, batch, precision, classes, trial.train_batches, trial.valid_batches, index)
-        for arch, size, batch, precision, classes in combos
+        TrialSpec(
+            task,
+            arch,
+            size,
+            batch,
+            precision,
+            classes,
+            trial.train_batches,
+            trial.valid_batches,
+            index,
+            fit,
+            later,
+            valid_batch,
+            accumulation,
+        )
+        for arch, size, batch, precision, classes, fit, valid_batch, accumulation in combos
     ]
     if searched is None:
         return specs, []
     return [], [SearchSpec(spec, searched, bounds) for spec in specs]
+
+
+def _parse_stages(entry: dict, place: str, problems: list[str]) -> list[tuple[int, int]] | bool:
+    """Parse progressive-resizing stages. Returns False when any stage is invalid."""
+    value = entry["stages"]
+    if not isinstance(value, list) or len(value) < 2:
+        problems.append(
+            f"{place}.stages is {value!r}, but it must be a list of at least two stages such as "
+            f"[{{image_size: 128, batch_size: 64}}, {{image_size: 224, batch_size: 32}}]"
+        )
+        return False
+    for key in _STAGE_KEYS:
+        if key in entry:
+            problems.append(f"{place}.{key} is set next to stages: give it in each stage instead")
+            return False
+    stages = []
+    for position, stage in enumerate(value):
+        where = f"{place}.stages[{position}]"
+        if not isinstance(stage, dict):
+            problems.append(f"{where} is {stage!r}, but a stage must be a mapping with image_size and batch_size")
+            return False
+        _check_keys(stage, where, _STAGE_KEYS, problems)
+        sizes = []
+        for key in _STAGE_KEYS:
+            item = stage.get(key)
+            if not _is_int(item) or item <= 0:
+                unit = "pixels per side" if key == "image_size" else "samples per batch"
+                problems.append(f"{where}.{key} is {item!r}, but it must be a positive integer ({unit})")
+                return False
+            sizes.append(item)
+        stages.append((sizes[0], sizes[1]))
+    return stages
 
 
 def _parse_searched(entry: dict, place: str, problems: list[str]) -> tuple[str | None, AutoRange | None, bool]:
@@ -551,13 +653,25 @@ def _check_value(key: str, item: Any, where: str, task: str | None, problems: li
             )
             return False
         return True
+    if key == "fit":
+        if item not in FITS:
+            hint = _did_you_mean(str(item), FITS)
+            problems.append(f"{where} is {item!r}, which is not a known fit{hint}. Use one of {', '.join(FITS)}")
+            return False
+        return True
     if key == "precision":
         if item not in PRECISIONS:
             problems.append(f"{where} is {item!r}, which is not a known precision. Use one of {', '.join(PRECISIONS)}")
             return False
         return True
     # image_size, batch_size and classes are counts.
-    unit = {"image_size": "pixels per side", "batch_size": "samples per batch", "classes": "classes"}[key]
+    unit = {
+        "image_size": "pixels per side",
+        "batch_size": "samples per batch",
+        "valid_batch_size": "samples per validation batch",
+        "grad_accumulation": "batches per optimizer step",
+        "classes": "classes",
+    }[key]
     if not _is_int(item) or item <= 0:
         problems.append(f"{where} is {item!r}, but it must be a positive integer ({unit})")
         return False

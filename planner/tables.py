@@ -33,6 +33,12 @@ COLUMNS = [
     "status",
     "samples_per_second",
     "classes",
+    "fit",
+    "later_stages",
+    "grad_accumulation",
+    "effective_batch_size",
+    "requested_valid_batch_size",
+    "peak_stage",
     "train_batches",
     "valid_batches",
     "train_batches_run",
@@ -58,6 +64,9 @@ _INT_COLUMNS = [
     "peak_reserved_bytes",
     "batches_run",
     "classes",
+    "grad_accumulation",
+    "effective_batch_size",
+    "requested_valid_batch_size",
     "train_batches",
     "valid_batches",
     "train_batches_run",
@@ -82,10 +91,24 @@ _STRING_COLUMNS = [
     "status",
     "device_name",
     "search",
+    "fit",
+    "later_stages",
+    "peak_stage",
     "torch_version",
 ]
 
 ROW_KEYS = ["task", "arch", "image_size", "precision"]
+# Shown only when a card's rows use them: most grids have one fit, no stages
+# and no accumulation.
+OPTIONAL_ROW_KEYS = {"fit": "fit_one_cycle", "later_stages": "", "grad_accumulation": 1}
+
+
+def _row_keys(frame: pd.DataFrame) -> list[str]:
+    keys = ROW_KEYS[:2]
+    for key, default in OPTIONAL_ROW_KEYS.items():
+        if key in frame and (frame[key].fillna(default) != default).any():
+            keys.append(key)
+    return keys + ROW_KEYS[2:]
 
 
 def result_row(assignment: Assignment, result: TrialResult, *, torch_version: str) -> dict[str, Any]:
@@ -155,11 +178,14 @@ def card_tables(frame: pd.DataFrame, *, headroom: Headroom = Headroom()) -> dict
     order = frame.groupby("card")["trial"].min().sort_values().index
     for card in order:
         group = frame[frame["card"] == card]
+        keys = _row_keys(group)
+        # pivot_table drops rows whose keys are missing: fill them.
+        group = group.assign(**{key: group[key].fillna(OPTIONAL_ROW_KEYS[key]) for key in OPTIONAL_ROW_KEYS})
         cells = group.assign(cell=group.apply(_cell, axis=1))
-        table = cells.pivot_table(index=ROW_KEYS, columns="batch_size", values="cell", aggfunc="first")
+        table = cells.pivot_table(index=keys, columns="batch_size", values="cell", aggfunc="first")
         table = table.reindex(sorted(table.columns), axis=1).fillna("")
         table.columns = [str(column) for column in table.columns]
-        fitting = group[_within_headroom(group, headroom)].groupby(ROW_KEYS)["batch_size"].max()
+        fitting = group[_within_headroom(group, headroom)].groupby(keys)["batch_size"].max()
         table["max fitting batch size"] = fitting.reindex(table.index).astype("Int64").astype("string").fillna("none")
         tables[str(card)] = table
     return tables

@@ -46,6 +46,14 @@ class MeasuredBackend:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
 
+    def prepare_loaders(self, dls) -> None:
+        """Nothing to do: fastai moves each batch to the GPU itself."""
+
+    def peak_stage(self, history) -> str | None:
+        # NOTE: the CUDA allocator keeps no timeline of its peak, so a measured
+        # trial does not say in which stage its peak happened.
+        return None
+
     def mixed_precision(self, precision: str) -> MixedPrecision:
         return MixedPrecision(amp_mode=precision, init_scale=FP16_INIT_SCALE)
 
@@ -107,14 +115,23 @@ class EmulatedBackend:
         self.tracker = StorageTracker(allocator=self.allocator, card_name=card.name)
 
     def prepare(self, learn: Learner) -> None:
-        for loader in learn.dls.loaders:
+        self.prepare_loaders(learn.dls)
+
+    def prepare_loaders(self, dls) -> None:
+        """Copy each batch under tracking, as the transfer to a GPU would allocate it."""
+        for loader in dls.loaders:
             _copy_batches_under_tracking(loader, self.tracker)
+
+    def peak_stage(self, history) -> str | None:
+        position = self.tracker.peak_position
+        return history[position].stage if position is not None else None
 
     def mixed_precision(self, precision: str) -> MixedPrecision:
         return CPUMixedPrecision(amp_mode=precision, init_scale=FP16_INIT_SCALE)
 
     @contextlib.contextmanager
     def tracking(self, learn: Learner, position: Callable[[], int] = lambda: 0) -> Iterator[None]:
+        self.tracker.position = position
         with self.tracker:
             allocate_workspaces(self.allocator, self.card)
             self.tracker.adopt(list(learn.model.parameters()) + list(learn.model.buffers()))

@@ -40,9 +40,13 @@ class StageCallback(Callback):
 
     order = -50
 
-    def __init__(self) -> None:
+    def __init__(self, *, fit_labels: tuple[str, ...] = ()) -> None:
         self.train_done = self.valid_done = self.steps_done = 0
         self.step_cancelled = False
+        # Names of the fits of a multi-fit trial, in order ("frozen fit", ...),
+        # prefixed to each stage so that an OOM names the fit it happened in.
+        self.fit_labels = fit_labels
+        self.fits_started = 0
         self.history: list[Progress] = []
         self._enter(SETUP)
 
@@ -54,10 +58,20 @@ class StageCallback(Callback):
     def position(self) -> int:
         return len(self.history) - 1
 
+    @property
+    def fit_label(self) -> str | None:
+        """The name of the fit running now, in a multi-fit trial."""
+        if not self.fit_labels or self.fits_started == 0:
+            return None
+        return self.fit_labels[min(self.fits_started, len(self.fit_labels)) - 1]
+
     def _enter(self, stage: str) -> None:
-        self.history.append(Progress(stage, self.train_done, self.valid_done, self.steps_done))
+        label = self.fit_label
+        named = f"{label}: {stage}" if label else stage
+        self.history.append(Progress(named, self.train_done, self.valid_done, self.steps_done))
 
     def before_fit(self) -> None:
+        self.fits_started += 1
         self._enter(SETUP)  # moving the model to the device happens here
 
     def before_train(self) -> None:
@@ -99,8 +113,10 @@ class StopAfterNBatches(Callback):
 
     Training goes on past ``train_batches`` until the optimizer has stepped
     ``min_steps`` times: Adam-style optimizers allocate their state on the
-    first step, and fp16 loss scaling skips steps whose gradients overflow.
-    The fit ends after the first epoch's validation.
+    first step, and fp16 loss scaling or gradient accumulation skip steps.
+    Each fit ends after its first epoch's validation. In a multi-fit trial
+    (``fine_tune``, progressive resizing) the limits apply to every fit and
+    the counts are summed.
     """
 
     order = 95  # after Recorder and progress callbacks have seen the batch
@@ -113,11 +129,14 @@ class StopAfterNBatches(Callback):
         self.valid_batches_run = 0
         self.optimizer_steps = 0
         self.step_cancelled = False
+        self._train_in_fit = self._valid_in_fit = self._steps_in_fit = 0
+        self.steps_per_fit: list[int] = []
 
     def before_fit(self) -> None:
-        self.train_batches_run = 0
-        self.valid_batches_run = 0
-        self.optimizer_steps = 0
+        # Counts are per fit for stopping, and summed over fits for the result.
+        self._train_in_fit = 0
+        self._valid_in_fit = 0
+        self._steps_in_fit = 0
 
     def before_step(self) -> None:
         self.step_cancelled = False
@@ -129,15 +148,18 @@ class StopAfterNBatches(Callback):
         # fastai calls after_step also when a callback cancelled the step.
         if not self.step_cancelled:
             self.optimizer_steps += 1
+            self._steps_in_fit += 1
 
     def after_batch(self) -> None:
         if self.learn.training:
             self.train_batches_run += 1
-            if self.train_batches_run >= self.train_batches and self.optimizer_steps >= self.min_steps:
+            self._train_in_fit += 1
+            if self._train_in_fit >= self.train_batches and self._steps_in_fit >= self.min_steps:
                 raise CancelTrainException()
         else:
             self.valid_batches_run += 1
-            if self.valid_batches_run >= self.valid_batches:
+            self._valid_in_fit += 1
+            if self._valid_in_fit >= self.valid_batches:
                 raise CancelValidException()
 
     def before_validate(self) -> None:
@@ -146,6 +168,9 @@ class StopAfterNBatches(Callback):
 
     def after_epoch(self) -> None:
         raise CancelFitException()
+
+    def after_fit(self) -> None:
+        self.steps_per_fit.append(self._steps_in_fit)
 
 
 class ThroughputCallback(Callback):

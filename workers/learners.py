@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
 import numpy as np
 import torch
@@ -11,6 +14,10 @@ from fastai.learner import Learner
 from fastai.vision.core import PILImage, PILMask
 from fastai.vision.data import ImageBlock, MaskBlock
 from fastai.vision.learner import unet_learner, vision_learner
+from torch.nn.modules.module import (
+    register_module_buffer_registration_hook,
+    register_module_parameter_registration_hook,
+)
 from torchvision import models
 
 from planner.grid import TrialSpec
@@ -58,11 +65,72 @@ def build_dataloaders(spec: TrialSpec, *, train_items: int, valid_items: int, de
 
 
 def build_learner(spec: TrialSpec, dls) -> Learner:
-    """Build ``vision_learner`` or ``unet_learner`` with random weights (pretrained=False)."""
+    """Build ``vision_learner`` or ``unet_learner`` with random weights (pretrained=False).
+
+    On DataLoaders whose device is meta (the simulated backend's), the model's
+    parameters and buffers are meta tensors, which have shapes but no data, so
+    weight initialisation and fastai's shape probes compute nothing.
+    """
     arch = getattr(models, spec.arch)
-    if spec.task == "classification":
-        learn = vision_learner(dls, arch, pretrained=False)
+    if dls.device is not None and torch.device(dls.device).type == "meta":
+        with _parameters_on_meta(), _one_item_batches(dls):
+            learn = _create_learner(spec.task, dls, arch)
     else:
-        learn = unet_learner(dls, arch, pretrained=False)
+        learn = _create_learner(spec.task, dls, arch)
     learn.logger = lambda *_: None  # keep the actor's output to one line per trial
     return learn
+
+
+def _create_learner(task: str, dls, arch) -> Learner:
+    if task == "classification":
+        return vision_learner(dls, arch, pretrained=False)
+    return unet_learner(dls, arch, pretrained=False)
+
+
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Move every parameter and buffer that a module registers inside the block to the meta device.
+
+    Unlike ``torch.device("meta")``, this leaves other tensors on the CPU, so
+    constructors that read values still work (torchvision's RegNet calls
+    ``tolist()``). Initialisers that run after registration, as
+    ``reset_parameters`` does, touch only meta tensors. A tensor registered
+    twice (tied weights) becomes one meta tensor.
+    """
+    moved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def to_meta(module: torch.nn.Module, name: str, tensor: torch.Tensor | None) -> torch.Tensor | None:
+        if tensor is None or tensor.device.type == "meta":
+            return None
+        if id(tensor) not in moved:
+            meta = tensor.to("meta")
+            if isinstance(tensor, torch.nn.Parameter):
+                meta = torch.nn.Parameter(meta, requires_grad=tensor.requires_grad)
+            moved[id(tensor)] = (tensor, meta)  # holding the original keeps its id from being reused
+        return moved[id(tensor)][1]
+
+    handles = [
+        register_module_parameter_registration_hook(to_meta),
+        register_module_buffer_registration_hook(to_meta),
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def _one_item_batches(dls) -> Iterator[None]:
+    """Make ``dls.one_batch()`` return one item after batch transforms instead of a full batch.
+
+    ``unet_learner`` reads only the image size from ``dls.one_batch()``, and a
+    full batch decodes ``bs`` images.
+    """
+    train = dls.train
+    sample = train.after_batch(train.do_batch([train.do_item(0)]))
+    train.one_batch = lambda: sample
+    try:
+        yield
+    finally:
+        del train.one_batch

@@ -26,6 +26,7 @@ class TrialResult:
     device_name: str | None = None  # the GPU a measured trial ran on
     worker_pid: int | None = None  # the actor process that ran the trial
     needed_bytes: int | None = None  # for an OOM, the peak reserved the trial would need, where known
+    peak_stage: str | None = None  # stage where peak reserved memory was reached, where the backend can tell
     samples_per_second: float | None = None  # train throughput after the first batch, measured trials only
 
     @property

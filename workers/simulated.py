@@ -25,6 +25,9 @@ from workers.backends import FP16_INIT_SCALE, CPUMixedPrecision, allocate_worksp
 from workers.callbacks import Progress
 from workers.tracker import ALLOC, StorageTracker
 
+# Fake tensors run on the CPU, because autograd on fake CUDA tensors needs a CUDA context.
+_FAKE_DEVICE = torch.device("cpu")
+
 
 class SimulatedMixedPrecision(CPUMixedPrecision):
     """Mixed precision without loss scaling, which fake tensors cannot decide.
@@ -44,9 +47,11 @@ class SimulatedBackend:
 
     What changes from a real fit, and why it allocates the same:
 
-    - Parameters and buffers are swapped for fake tensors of the same shape
-      before the fit, and ``model.to`` becomes a no-op, as the fakes already
-      stand for device memory.
+    - The DataLoaders are built for the meta device, so ``build_learner``
+      creates the model's parameters and buffers on meta, with shapes and no
+      data. Before the fit they become fake CPU tensors of the same shapes,
+      and ``model.to`` becomes a no-op, as the fakes already stand for device
+      memory. The loaders then move batches to the CPU, where the fakes live.
     - Each loader yields fake batches with the shapes and dtypes that one
       real two-item batch has after fastai's batch transforms, at the
       loader's batch size, so no image is decoded.
@@ -61,7 +66,7 @@ class SimulatedBackend:
     name = "simulated"
 
     def __init__(self) -> None:
-        self.device = torch.device("cpu")
+        self.device = torch.device("meta")  # where the DataLoaders and the model are built
         self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
         self.events: list[tuple[int, int, int, int]] = []
         self.tracker: StorageTracker | None = None
@@ -70,7 +75,12 @@ class SimulatedBackend:
         _swap_in_fake_tensors(learn.model, self.fake_mode)
         model = learn.model
         model.to = lambda *args, **kwargs: model  # the fakes already stand for device memory
-        for loader in learn.dls.loaders:
+        self.prepare_loaders(learn.dls)
+
+    def prepare_loaders(self, dls) -> None:
+        """Make every loader yield fake batches, for the first fit or a later stage's DataLoaders."""
+        dls.device = _FAKE_DEVICE
+        for loader in dls.loaders:
             _yield_fake_batches(loader, self.fake_mode)
 
     def mixed_precision(self, precision: str) -> MixedPrecision:
@@ -97,18 +107,22 @@ class Replay:
     peak_allocated_bytes: int
     peak_reserved_bytes: int
     message: str | None = None
+    peak_progress: Progress | None = None  # where peak reserved memory was reached
 
 
 def replay(events: list[tuple[int, int, int, int]], history: list[Progress], card: Card) -> Replay:
     """Replay a trace's allocations and frees on ``card``'s allocator, stopping at the first OOM."""
     allocator = CachingAllocatorModel(capacity_bytes=card.budget_bytes)
     handles: dict[int, int] = {}
+    peak_position, peak_seen = 0, 0
     try:
         allocate_workspaces(allocator, card)
         for kind, storage_id, nbytes, position in events:
             if kind == ALLOC:
                 try:
                     handles[storage_id] = allocator.malloc(nbytes)
+                    if allocator.peak_reserved_bytes > peak_seen:
+                        peak_position, peak_seen = position, allocator.peak_reserved_bytes
                 except AllocatorOutOfMemory as error:
                     return Replay(
                         False,
@@ -121,11 +135,17 @@ def replay(events: list[tuple[int, int, int, int]], history: list[Progress], car
                 allocator.free(handles.pop(storage_id))
     except AllocatorOutOfMemory as error:  # the workspaces alone do not fit
         return Replay(False, history[0], allocator.peak_allocated_bytes, allocator.peak_reserved_bytes, str(error))
-    return Replay(True, None, allocator.peak_allocated_bytes, allocator.peak_reserved_bytes)
+    return Replay(
+        True,
+        None,
+        allocator.peak_allocated_bytes,
+        allocator.peak_reserved_bytes,
+        peak_progress=history[peak_position],
+    )
 
 
 def _swap_in_fake_tensors(model: torch.nn.Module, fake_mode: FakeTensorMode) -> None:
-    """Replace every parameter and buffer with a fake tensor of the same shape, keeping ties."""
+    """Replace every parameter and buffer with a fake CPU tensor of the same shape, keeping ties."""
     fakes: dict[int, torch.Tensor] = {}
     for module in model.modules():
         for table in (module._parameters, module._buffers):
@@ -133,8 +153,22 @@ def _swap_in_fake_tensors(model: torch.nn.Module, fake_mode: FakeTensorMode) -> 
                 if tensor is None:
                     continue
                 if id(tensor) not in fakes:
-                    fakes[id(tensor)] = fake_mode.from_tensor(tensor)  # keeps nn.Parameter
+                    fakes[id(tensor)] = _fake_on_cpu(tensor, fake_mode)
                 table[name] = fakes[id(tensor)]
+
+
+def _fake_on_cpu(tensor: torch.Tensor, fake_mode: FakeTensorMode) -> torch.Tensor:
+    """Return a fake CPU tensor with the shape, strides, dtype, storage and autograd flags of a CPU or meta tensor."""
+    if tensor.device.type != "meta":
+        return fake_mode.from_tensor(tensor)  # keeps nn.Parameter
+    # A fake tensor wraps a meta tensor and reports another device, so the meta
+    # tensor itself becomes the fake's data, and views of one storage still share it.
+    fake = fake_mode.fake_tensor_converter.from_meta_and_device(fake_mode, tensor.detach(), _FAKE_DEVICE)
+    if tensor.requires_grad:
+        fake.requires_grad_(True)
+    if isinstance(tensor, torch.nn.Parameter):
+        fake._is_param = True  # as from_tensor sets it, so that isinstance(fake, nn.Parameter) is True
+    return fake
 
 
 def _yield_fake_batches(loader, fake_mode: FakeTensorMode) -> None:

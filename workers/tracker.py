@@ -74,6 +74,8 @@ class StorageTracker(TorchDispatchMode):
         self.only_fake = only_fake
         self.allocated_bytes = 0
         self.peak_allocated_bytes = 0
+        self.peak_position: int | None = None  # position() when the peak (reserved, with an allocator) was reached
+        self._peak_seen = 0
         self._cells: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self._next_id = 0
         self._paused = 0
@@ -153,6 +155,10 @@ class StorageTracker(TorchDispatchMode):
             self.events.append((ALLOC, cell[0], cell[1], self.position()))
         self.allocated_bytes += round_block(cell[1])
         self.peak_allocated_bytes = max(self.peak_allocated_bytes, self.allocated_bytes)
+        peak = self.allocator.peak_reserved_bytes if self.allocator is not None else self.peak_allocated_bytes
+        if peak > self._peak_seen:
+            self._peak_seen = peak
+            self.peak_position = self.position()
 
     def _free_cell(self, cell: list[int]) -> None:
         if self._in_malloc:

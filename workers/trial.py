@@ -5,11 +5,14 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from fastai.callback.progress import ProgressCallback
+from fastai.callback.training import GradientAccumulation
 
 from planner.cards import Card
 from planner.grid import TrialSpec
@@ -55,33 +58,30 @@ def fit_trial(spec: TrialSpec, backend) -> tuple[FitOutcome, StageCallback]:
     """
     started = time.perf_counter()
     torch.manual_seed(0)
-    stage = StageCallback()
+    stage = StageCallback(fit_labels=_fit_labels(spec))
     stop = StopAfterNBatches(spec.train_batches, spec.valid_batches)
     timer = ThroughputCallback(synchronize=True) if backend.name == "measured" else None
     status, message = "fits", None
     valid_batch_size = None
     learn = None
     try:
-        spare = _SPARE_TRAIN_BATCHES[spec.precision]
-        dls = build_dataloaders(
-            spec,
-            train_items=spec.batch_size * (spec.train_batches + spare),
-            valid_items=spec.batch_size * max(spec.valid_batches, 1),
-            device=backend.device,
-        )
+        dls = _dataloaders(spec, spec.image_size, spec.batch_size, backend)
         valid_batch_size = dls.valid.bs
         learn = build_learner(spec, dls)
         del dls
         if spec.precision != "fp32":
             learn.add_cb(backend.mixed_precision(spec.precision))
+        if spec.grad_accumulation > 1:
+            learn.add_cb(GradientAccumulation(n_acc=spec.effective_batch_size))
         learn.remove_cb(ProgressCallback)
         backend.prepare(learn)
+        callbacks = [stage, stop] + ([timer] if timer else [])
         with backend.tracking(learn, lambda: stage.position):
-            learn.fit_one_cycle(1, cbs=[stage, stop] + ([timer] if timer else []))
-        if stop.optimizer_steps < 2:
+            _run_fits(spec, learn, backend, callbacks)
+        if min(stop.steps_per_fit, default=0) < 2:
             status = "error"
             message = (
-                f"the optimizer stepped {stop.optimizer_steps} times in "
+                f"the optimizer stepped {stop.steps_per_fit} times per fit in "
                 f"{stop.train_batches_run} train batches, fewer than the 2 needed to allocate its state"
             )
     except Exception as error:  # classified below; the outcome carries it
@@ -114,10 +114,61 @@ def fit_trial(spec: TrialSpec, backend) -> tuple[FitOutcome, StageCallback]:
     return outcome, stage
 
 
+def _fit_labels(spec: TrialSpec) -> tuple[str, ...]:
+    if spec.fit == "fine_tune":
+        return ("frozen fit", "unfrozen fit")
+    if spec.later_stages:
+        return tuple(
+            f"stage {number} ({size}px, bs={batch})" for number, (size, batch) in enumerate(spec.stages, 1)
+        )
+    return ()
+
+
+def _dataloaders(spec: TrialSpec, image_size: int, batch_size: int, backend):
+    """Build synthetic DataLoaders for one fit, long enough for the trial's batches and steps."""
+    spare = _SPARE_TRAIN_BATCHES[spec.precision]
+    # Gradient accumulation steps the optimizer once every grad_accumulation
+    # batches, and the trial needs two steps.
+    train_batches = max(spec.train_batches, 2 * spec.grad_accumulation) + spare
+    valid_batch_size = spec.valid_batch_size or batch_size
+    point = dataclasses.replace(spec, image_size=image_size, batch_size=batch_size)
+    dls = build_dataloaders(
+        point,
+        train_items=batch_size * train_batches,
+        valid_items=valid_batch_size * max(spec.valid_batches, 1),
+        device=backend.device,
+    )
+    if spec.valid_batch_size is not None:
+        dls.valid.bs = spec.valid_batch_size  # fastai's val_bs
+    return dls
+
+
+def _run_fits(spec: TrialSpec, learn, backend, callbacks: list) -> None:
+    """Run the fit the user runs: one fit_one_cycle, fine_tune's two fits, lr_find, or one fit per stage."""
+    if spec.fit == "fine_tune":
+        learn.fine_tune(1, freeze_epochs=1, cbs=callbacks)
+    elif spec.fit == "lr_find":
+        # lr_find saves and restores the weights under learn.path/models.
+        with tempfile.TemporaryDirectory(prefix="planner-lr-find-") as folder:
+            learn.path = Path(folder)
+            learn.add_cbs(callbacks)
+            try:
+                learn.lr_find(show_plot=False, suggest_funcs=())
+            finally:
+                learn.remove_cbs(callbacks)
+    else:
+        for number, (size, batch) in enumerate(spec.stages):
+            if number:
+                learn.dls = _dataloaders(spec, size, batch, backend)
+                backend.prepare_loaders(learn.dls)
+            learn.fit_one_cycle(1, cbs=callbacks)
+
+
 def run_trial(spec: TrialSpec, backend: MeasuredBackend | EmulatedBackend) -> TrialResult:
     """Run ``spec`` on the one card of a measured or emulated backend."""
-    outcome, _ = fit_trial(spec, backend)
+    outcome, stage = fit_trial(spec, backend)
     allocated, reserved = backend.peaks()
+    peak_stage = backend.peak_stage(stage.history)
     device_name = backend.device_name()
     backend.release()
     return TrialResult(
@@ -134,6 +185,7 @@ def run_trial(spec: TrialSpec, backend: MeasuredBackend | EmulatedBackend) -> Tr
         error=outcome.error,
         device_name=device_name,
         samples_per_second=outcome.samples_per_second,
+        peak_stage=peak_stage,
     )
 
 
@@ -168,6 +220,7 @@ def run_simulated_trial(spec: TrialSpec, cards: list[Card]) -> list[TrialResult]
                 optimizer_steps=outcome.optimizer_steps,
                 valid_batch_size=outcome.valid_batch_size,
                 seconds=seconds,
+                peak_stage=played.peak_progress.stage if played.peak_progress else None,
             )
         else:
             # Replay once more with room for everything: what the card would have needed.

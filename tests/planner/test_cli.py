@@ -48,6 +48,11 @@ def test_cli_plans_grid_and_writes_parquet(tmp_path):
     assert "[6/6]" in done.stderr
     assert "roomy: 2.00 GiB" in done.stdout
     assert "max fitting batch size" in done.stdout
+    # One table row per architecture: resnet18 fits at both batch sizes on the cramped card.
+    cramped = done.stdout.split("cramped:")[1]
+    assert "resnet18" in cramped
+    assert "resnet34" in cramped
+    assert "OOM" in cramped
 
 
 @pytest.mark.parametrize(

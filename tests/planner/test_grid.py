@@ -68,7 +68,7 @@ BAD_GRIDS = [
     pytest.param(
         model_grid("{task: classification, arch: resnet18, image_size: 32, batch_size: 8, batchsize: 8}"),
         "models[0].batchsize is not a known key (did you mean 'batch_size'?). "
-        "Known keys: task, arch, image_size, batch_size, precision, classes, dataset_size",
+        "Known keys: task, arch, image_size, batch_size, precision, classes, dataset_size, fit, stages, valid_batch_size, grad_accumulation",
         id="model_key",
     ),
     pytest.param(
@@ -589,6 +589,11 @@ def test_as_row_fields() -> None:
         "train_batches": 2,
         "valid_batches": 1,
         "entry": 3,
+        "fit": "fit_one_cycle",
+        "later_stages": None,
+        "requested_valid_batch_size": None,
+        "grad_accumulation": 1,
+        "effective_batch_size": 8,
     }
 
 
