@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -52,12 +53,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--workers", type=int, help="maximum number of CPU actors for emulated and simulated cards (default: one per free CPU)")
     parser.add_argument(
+        "--report",
+        metavar="DIR",
+        help="write the tables as CSV, a Markdown summary with the cluster sizing, and a PNG heatmap per card into DIR",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="keep the trials already in the output file (and its journal) and run only the others",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print no progress line per trial")
     return parser
+
+
+def check_report_folder(folder: str) -> Path:
+    """Check that the report folder exists and is writable, or can be created, before any work."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"--report {folder!r} is a file, not a folder. Give a folder for the report files")
+    existing = path if path.exists() else next((parent for parent in path.parents if parent.exists()), Path("."))
+    if not os.access(existing, os.W_OK):
+        raise OutputError(f"--report {folder!r} cannot be written: {str(existing)!r} is not writable")
+    return path
 
 
 def load_default_grid() -> Grid:
@@ -98,6 +115,20 @@ def format_search_table(card: str, frame: pd.DataFrame, table: pd.DataFrame, hea
     return "\n".join(lines) + "\n"
 
 
+def format_sizing(sizing: pd.DataFrame) -> str:
+    """Format the cluster sizing per card: how many GPUs and what accumulation reach each target."""
+    from planner.report import answer_lines
+
+    lines = ["Cluster sizing"]
+    for note in sizing[sizing["card"].isna()]["note"].dropna():
+        lines.append(f"- {note}")
+    for card in sizing["card"].dropna().unique():
+        lines.append(f"{card}:")
+        for row in sizing[sizing["card"] == card].itertuples():
+            lines += [f"  {line}" for line in answer_lines(row)]
+    return "\n".join(lines) + "\n"
+
+
 def format_card_table(card: str, frame: pd.DataFrame, table: pd.DataFrame, headroom: Headroom | None = None) -> str:
     """Format one card's table with a header naming its memory and how it was measured."""
     rows = frame[frame["card"] == card]
@@ -134,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.grid and args.backend in ("emulated", "simulated"):
             grid = dataclasses.replace(grid, local=False)
         output = check_output_path(args.output) if args.output else None
+        report = check_report_folder(args.report) if args.report else None
         if args.resume and output is None:
             raise PlanError("--resume needs -o/--output: the file whose finished trials are kept")
         if args.address is not None:
@@ -160,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             output=output,
             resume=args.resume,
+            report=report,
             require_local=bool(args.grid),
         )
     except PlanError as error:

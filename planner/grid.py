@@ -28,7 +28,7 @@ LOCAL_CARD = "local"
 # Classes of the synthetic labels when a model entry does not set them.
 DEFAULT_CLASSES = {"classification": 10, "segmentation": 4}
 
-_TOP_KEYS = ("cards", "trial", "models", "headroom")
+_TOP_KEYS = ("cards", "trial", "models", "headroom", "sizing")
 _TRIAL_KEYS = ("train_batches", "valid_batches", "timeout_seconds", "repeats")
 _CARD_KEYS = ("name", "memory", "overhead", "backend")
 CARD_BACKENDS = ("emulated", "simulated")
@@ -179,6 +179,7 @@ class Grid:
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     searches: tuple[SearchSpec, ...] = ()
     headroom: Headroom = Headroom()
+    sizing: Any = None  # planner.sizing.SizingSpec, when the grid has a sizing section
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -235,7 +236,13 @@ def _validate(document: Any, problems: list[str], source: str) -> Grid | None:
     trial = _parse_trial(document.get("trial", {}), problems)
     points, searches = _parse_models(document["models"], trial, problems) if "models" in document else ([], [])
     headroom = _parse_headroom(document["headroom"], problems) if "headroom" in document else Headroom()
-    return Grid(tuple(cards), local, trial, tuple(points), source, document, tuple(searches), headroom)
+    sizing = None
+    if "sizing" in document:
+        from planner.sizing import parse_sizing  # imports this module
+
+        names = None if local else [card.name for card in cards]
+        sizing = parse_sizing(document["sizing"], problems, models=document.get("models"), cards=names)
+    return Grid(tuple(cards), local, trial, tuple(points), source, document, tuple(searches), headroom, sizing)
 
 
 def _parse_headroom(value: Any, problems: list[str]) -> Headroom:

@@ -31,6 +31,7 @@ def run_plan(
     workers: int | None = None,
     output: Path | None = None,
     resume: bool = False,
+    report: Path | None = None,
     require_local: bool = True,
 ) -> int:
     """Run ``grid``, write the long table to ``output`` and print one table per card.
@@ -47,6 +48,7 @@ def run_plan(
         format_card_table,
         format_progress,
         format_search_table,
+        format_sizing,
     )
 
     previous = load_previous(output) if resume and output is not None else []
@@ -91,6 +93,7 @@ def run_plan(
         writer.close()
         driver.shutdown()
 
+    searches = None
     if outcomes:
         searches = search_frame(outcomes)
         if output is not None:
@@ -106,6 +109,18 @@ def run_plan(
         logger.info("wrote %d trials to %s", len(frame), output)
     for card, table in card_tables(frame, headroom=grid.headroom).items():
         print(format_card_table(card, frame, table, grid.headroom))
+
+    sizing = None
+    if grid.sizing is not None:
+        from planner.sizing import size_cluster
+
+        sizing = size_cluster(frame, searches, grid.sizing, headroom=grid.headroom)
+        print(format_sizing(sizing))
+    if report is not None:
+        from planner.report import write_report
+
+        written = write_report(report, trials=frame, searches=searches, sizing=sizing, headroom=grid.headroom, grid=grid)
+        logger.info("wrote the report to %s (%d files)", report, len(written))
     return code
 
 

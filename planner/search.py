@@ -233,8 +233,13 @@ class SearchOutcome:
 
     @property
     def probed_sizes(self) -> str:
-        """Probed sizes with their outcome, for example ``1:fits 8:fits 300:fits 301:oom``."""
-        return " ".join(f"{probe.size}:{probe.status}" for probe in self.probes)
+        """Probed sizes with their outcome, for example ``2:fits 16:fits 300:fits 301:oom``."""
+        return " ".join(f"{probe.size}:{self._label(probe)}" for probe in self.probes)
+
+    def _label(self, probe: Probe) -> str:
+        if probe.status == "fits" and probe.peak_bytes is not None and probe.peak_bytes > self.limit_bytes:
+            return "over-headroom"  # fitted, but left less than the headroom free
+        return probe.status
 
     @property
     def spread_bytes(self) -> int | None:

@@ -99,3 +99,28 @@ def test_format_progress_line():
     result = TrialResult(status="oom", backend="emulated", oom_stage="backward", seconds=1.25)
     line = cli.format_progress(item, result, 3, 10)
     assert line == "[3/10] c (emulated) classification resnet18 64px bs=8 fp32: OOM in backward (1.2 s)"
+
+
+def test_cli_sizing_report(tmp_path):
+    repository = __import__("pathlib").Path(__file__).resolve().parents[2]
+    done = run_cli(str(repository / "examples" / "sizing.yaml"), "--report", "report", "-q", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = tmp_path / "report"
+    summary = (report / "report.md").read_text()
+    for card in ("T4", "A10G", "A100-40GB", "H100-80GB"):
+        assert (report / f"heatmap-{card}.png").stat().st_size > 0
+        assert f"## {card}" in summary
+    for name in ("trials.csv", "searches.csv", "sizing.csv"):
+        assert (report / name).exists()
+    # The summary answers "how many cards and what accumulation" per card type.
+    assert "### How many cards" in summary
+    assert "accumulation steps x micro-batch" in summary
+    assert "Cluster sizing" in done.stdout
+
+
+def test_cli_report_path_is_file_exits_2(tmp_path):
+    (tmp_path / "grid.yaml").write_text(GRID)
+    (tmp_path / "taken").write_text("")
+    done = run_cli("grid.yaml", "--report", "taken", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "--report 'taken' is a file, not a folder" in done.stderr
