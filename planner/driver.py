@@ -272,9 +272,11 @@ def _usable_gpu_workers(workers: list[_Worker]) -> list[_Worker]:
     for worker in workers:
         if worker.card is None:
             logger.warning(
-                "Ray lists GPU %s on host %s, but torch sees no CUDA device there: no trials run on it",
+                "Ray lists GPU %s (accelerator type %s) on node %s, but torch sees no CUDA device there: "
+                "no trials run on it",
                 ",".join(worker.describe["gpu_ids"]),
-                worker.describe["host"],
+                worker.describe.get("accelerator_type") or "not declared",
+                worker.describe["node_id"],
             )
     return [worker for worker in workers if worker.card is not None]
 

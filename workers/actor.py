@@ -30,10 +30,12 @@ class TrialRunner:
         """Return where this actor runs: host, process, GPU ids Ray gave it and the CUDA device it sees."""
         import torch
 
+        node_id = ray.get_runtime_context().get_node_id()
         info: dict[str, Any] = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "node_id": ray.get_runtime_context().get_node_id(),
+            "node_id": node_id,
+            "accelerator_type": _accelerator_type(node_id),
             "gpu_ids": [str(gpu) for gpu in ray.get_gpu_ids()],
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "cuda_available": torch.cuda.is_available(),
@@ -71,6 +73,16 @@ class TrialRunner:
 
     def ping(self) -> bool:
         return True
+
+
+def _accelerator_type(node_id: str) -> str | None:
+    """Return the GPU kind a node declares with Ray's ``accelerator_type:NAME`` resource, if any."""
+    for node in ray.nodes():
+        if node.get("NodeID") == node_id:
+            for resource in node.get("Resources", {}):
+                if resource.startswith("accelerator_type:"):
+                    return resource.removeprefix("accelerator_type:")
+    return None
 
 
 def actor_class(*, num_gpus: int = 0, num_cpus: float = 1):
