@@ -139,7 +139,7 @@ AUTO_DEFAULTS = {
 class SearchSpec:
     """A search for the largest ``dimension`` that fits, with every other grid value fixed.
 
-    ``point`` holds the fixed values; its ``dimension`` field is a placeholder.
+    ``point`` contains the fixed values; its ``dimension`` field is a placeholder.
     """
 
     point: TrialSpec
@@ -172,7 +172,7 @@ class Grid:
     """A validated grid: the cards to plan for and the points to run on each."""
 
     cards: tuple[Card, ...]
-    local: bool  # True when the grid asks for the GPUs Ray finds
+    local: bool  # True when the grid lists the card "local", the GPUs Ray finds
     trial: TrialSettings
     points: tuple[TrialSpec, ...]
     source: str = "grid"

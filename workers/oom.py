@@ -1,6 +1,6 @@
 """Decide whether an exception is an out-of-memory error.
 
-This is the only place that decides. Every other module asks ``is_out_of_memory``.
+This is the only place that decides. Every other module calls ``is_out_of_memory``.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ class FitOutcome:
     valid_batch_size: int | None
     error: str | None
     seconds: float
-    samples_per_second: float | None = None  # measured trials only: the CPU backends' speed says nothing of a GPU's
+    samples_per_second: float | None = None  # measured trials only: CPU backends' speed does not predict a GPU's
 
 
 def fit_trial(spec: TrialSpec, backend) -> tuple[FitOutcome, StageCallback]:

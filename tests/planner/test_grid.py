@@ -57,12 +57,12 @@ BAD_GRIDS = [
     # Unknown keys, at the top level and inside each kind of mapping.
     pytest.param(
         CARDS + MODELS + "modles: []\n",
-        "modles is not a known key (did you mean 'models'?). Known keys: cards, trial, models, headroom",
+        "modles is not a known key (did you mean 'models'?). Known keys: cards, trial, models, headroom, sizing",
         id="top_key_hint",
     ),
     pytest.param(
         CARDS + MODELS + "colour: red\n",
-        "colour is not a known key. Known keys: cards, trial, models, headroom",
+        "colour is not a known key. Known keys: cards, trial, models, headroom, sizing",
         id="top_key_no_hint",
     ),
     pytest.param(
@@ -323,12 +323,12 @@ BAD_GRIDS = [
     # The document itself.
     pytest.param(
         "- T4\n- resnet18\n",
-        "the file must be a mapping with keys cards, trial, models, headroom, got list",
+        "the file must be a mapping with keys cards, trial, models, headroom, sizing, got list",
         id="file_list",
     ),
     pytest.param(
         "just some text\n",
-        "the file must be a mapping with keys cards, trial, models, headroom, got str",
+        "the file must be a mapping with keys cards, trial, models, headroom, sizing, got str",
         id="file_text",
     ),
     pytest.param(
@@ -365,7 +365,7 @@ def test_parse_grid_reports_all_problems() -> None:
     # Top-level keys first, then cards, trial and models in file order.
     assert len(info.value.problems) == 5
     assert info.value.problems == [
-        "colour is not a known key. Known keys: cards, trial, models, headroom",
+        "colour is not a known key. Known keys: cards, trial, models, headroom, sizing",
         "cards[1].memory is missing: an inline card needs its memory, for example memory: 16GiB",
         "trial.train_batches is 1, but it must be an integer of at least 2, "
         "so that the optimizer steps twice and its state exists",
@@ -380,7 +380,7 @@ def test_grid_error_str_one_problem() -> None:
 
     assert str(info.value).startswith("plans/grid.yaml: ")
     assert str(info.value) == (
-        "plans/grid.yaml: 1 problem:\n  colour is not a known key. Known keys: cards, trial, models, headroom"
+        "plans/grid.yaml: 1 problem:\n  colour is not a known key. Known keys: cards, trial, models, headroom, sizing"
     )
     assert info.value.source == "plans/grid.yaml"
 
@@ -391,8 +391,8 @@ def test_grid_error_str_two_problems() -> None:
 
     assert str(info.value) == (
         "plans/grid.yaml: 2 problems:\n"
-        "  colour is not a known key. Known keys: cards, trial, models, headroom\n"
-        "  size is not a known key. Known keys: cards, trial, models, headroom"
+        "  colour is not a known key. Known keys: cards, trial, models, headroom, sizing\n"
+        "  size is not a known key. Known keys: cards, trial, models, headroom, sizing"
     )
 
 
