@@ -392,7 +392,8 @@ def test_grid_error_str_two_problems() -> None:
     assert str(info.value) == (
         "plans/grid.yaml: 2 problems:\n"
         "  colour is not a known key. Known keys: cards, trial, models, headroom, sizing\n"
-        "  size is not a known key. Known keys: cards, trial, models, headroom, sizing"
+        # difflib finds "size" close to "sizing".
+        "  size is not a known key (did you mean 'sizing'?). Known keys: cards, trial, models, headroom, sizing"
     )
 
 
