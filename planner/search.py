@@ -31,6 +31,7 @@ class Probe:
     size: int
     status: str  # "fits", "oom" or "error"
     peak_bytes: int | None  # highest peak reserved (else allocated) over the repeats
+    allocated_bytes: int | None = None  # highest peak allocated over the repeats, for fitting sizes
     needed_bytes: int | None = None  # for an OOM, the peak it would need, where the backend can tell
     spread_bytes: int | None = None  # highest minus lowest peak over the repeats
     trials: int = 1
@@ -54,8 +55,9 @@ class SizeSearch:
     probes: dict[int, Probe] = field(default_factory=dict)
     error: str | None = None
     _plans: dict = field(default_factory=dict, repr=False)
-    _last_gap: int | None = field(default=None, repr=False)
-    _last_answer: int | None = field(default=None, repr=False)
+    _predicted: bool = field(default=False, repr=False)
+    _margin_down: int | None = field(default=None, repr=False)
+    _margin_up: int | None = field(default=None, repr=False)
 
     # sizes ---------------------------------------------------------------
 
@@ -157,59 +159,71 @@ class SizeSearch:
         return self._plans[key]
 
     def _plan(self, answer: int, ceiling: int | None) -> list[int]:
-        high, step = self.bounds.maximum, self.step
-        # The model leads while it makes progress: it must halve the gap to
-        # the first failure, or double the answer while no failure is known.
-        # Otherwise bisect, or grow geometrically.
-        if ceiling is not None:
-            stalled = self._last_gap is not None and ceiling - answer > self._last_gap / 2
-            self._last_gap = ceiling - answer
-        else:
-            stalled = self._last_answer is not None and answer < 2 * self._last_answer
-            self._last_answer = answer
-        upper = min(high, ceiling - step) if ceiling is not None else high
+        """Plan the next probes: one prediction, then a bracket around the boundary, then bisection.
 
-        predicted = None if stalled else self._predict(answer, ceiling, upper)
-        if predicted is not None:
-            # Verify the prediction and the next size up in one round.
-            sizes = [predicted]
-            if predicted + step <= high and predicted + step != ceiling:
-                sizes.append(predicted + step)
-        elif ceiling is not None:
-            bisected = self._snap_down((answer + ceiling) / 2)
-            sizes = [bisected if bisected > answer else answer + step]
-        else:
-            sizes = [self._snap_down(max(answer + step, answer * _FIRST_GROWTH))]
-        sizes = [size for size in sizes if size not in self.probes]
-        return sizes or [answer + step]
-
-    def _predict(self, answer: int, ceiling: int | None, upper: int) -> int | None:
-        """Predict the largest size within the limit, linear in the feature between two known peaks.
-
-        Uses the answer and the first failure when the failure's need is
-        known (simulated cards), else the two largest fitting sizes.
+        Near a card's limit the caching allocator releases cached segments and
+        retries, so reserved memory flattens while allocated memory keeps
+        growing in a line. One prediction from allocated memory lands close to
+        the boundary; after it, probes step away from the nearest known size
+        by a margin that doubles until the boundary is bracketed, then bisect.
         """
-        peak_answer = self.probes[answer].peak_bytes
-        if peak_answer is None:
+        high, step = self.bounds.maximum, self.step
+        upper = min(high, ceiling - step) if ceiling is not None else high
+        fitting = [size for size, probe in self.probes.items() if size <= answer and self.acceptable(probe)]
+        if len(fitting) < 2 and ceiling is None:
+            # One fitting size gives no slope: probe a second one well above it.
+            return [self._snap_down(max(answer + step, answer * _FIRST_GROWTH))]
+        if not self._predicted:
+            self._predicted = True
+            predicted = self._predict(answer, upper)
+            if predicted is not None:
+                sizes = [predicted]
+                if predicted + step <= high and predicted + step != ceiling:
+                    sizes.append(predicted + step)
+                return [size for size in sizes if size not in self.probes] or [answer + step]
+
+        if ceiling is None:
+            # Gallop up from the answer: 4% of it, doubling while sizes fit.
+            margin = self._margin_up or max(step, self._snap_down(answer * 0.04))
+            self._margin_up = margin * 2
+            return [min(high, self._snap_down(answer + margin) if answer + margin > answer + step else answer + step)]
+
+        middle = self._snap_down((answer + ceiling) / 2)
+        # Step down from the first failure while it is far from the answer:
+        # 4% of it, doubling while sizes fail. Bisect once that passes the middle.
+        margin = self._margin_down or max(step, self._snap_down(ceiling * 0.04))
+        self._margin_down = margin * 2
+        size = max(middle, self._snap_down(ceiling - margin))
+        if size <= answer:
+            size = answer + step
+        return [size]
+
+    def _predict(self, answer: int, upper: int) -> int | None:
+        """Predict the largest size within the limit, linear in the feature between two fitting sizes.
+
+        Allocated memory is linear in the feature where reserved memory is not
+        (segment rounding, release under pressure), so the line goes through
+        peak allocated, and the limit is lowered by the answer's reserved-
+        allocated gap. Uses the smallest and largest fitting sizes.
+        """
+        fitting = sorted(
+            (size, probe) for size, probe in self.probes.items() if size <= answer and self.acceptable(probe)
+        )
+        if len(fitting) < 2:
             return None
-        other = None
-        if ceiling is not None and self.probes[ceiling].needed_bytes is not None:
-            other = (ceiling, self.probes[ceiling].needed_bytes)
-        else:
-            smaller = [
-                (size, probe.peak_bytes)
-                for size, probe in self.probes.items()
-                if size < answer and self.acceptable(probe) and probe.peak_bytes is not None
-            ]
-            if smaller:
-                other = max(smaller)
-        if other is None:
+        (size_a, probe_a), (size_b, probe_b) = fitting[0], fitting[-1]
+
+        def allocated(probe: Probe) -> int | None:
+            return probe.allocated_bytes if probe.allocated_bytes is not None else probe.peak_bytes
+
+        peak_a, peak_b = allocated(probe_a), allocated(probe_b)
+        if peak_a is None or peak_b is None:
             return None
-        (size_a, peak_a), (size_b, peak_b) = sorted([(answer, peak_answer), other])
         slope = (peak_b - peak_a) / (self._feature(size_b) - self._feature(size_a))
         if slope <= 0:
             return None
-        feature = self._feature(answer) + (self.limit_bytes - peak_answer) / slope
+        gap = (probe_b.peak_bytes - peak_b) if probe_b.peak_bytes is not None else 0
+        feature = self._feature(size_b) + (self.limit_bytes - gap - peak_b) / slope
         predicted = self._snap_down(self._size_for(feature))
         return min(max(predicted, answer + self.step), upper)
 

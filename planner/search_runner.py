@@ -60,18 +60,57 @@ def run_searches(
         if on_result is not None:
             on_result(item, result, probe_count, 0)
 
-    while True:
-        jobs, owners = _round_jobs(actives, grid.trial.repeats)
-        if not jobs:
-            break
-        trials += (done := run_round(jobs, report))
-        _record(done, owners, actives)
-
+    trials += _run_rounds(actives, grid.trial.repeats, run_round, report)
     _measure_needs(actives, run_round)
     for active in actives:
         if on_search is not None:
             on_search(_outcome(active))
+    if grid.sizing is not None:
+        # Data-parallel training adds gradient buckets to each GPU's peak. Go
+        # on probing until the largest size within the smaller limit is known
+        # too, so that sizing answers from a size that ran.
+        reduced = _data_parallel_searches(actives)
+        trials += _run_rounds(reduced, grid.trial.repeats, run_round, report)
     return trials
+
+
+def _run_rounds(
+    actives: list[_Active], repeats: int, run_round: RoundRunner, report: ResultCallback
+) -> list[tuple[Assignment, TrialResult]]:
+    trials: list[tuple[Assignment, TrialResult]] = []
+    while True:
+        jobs, owners = _round_jobs(actives, repeats)
+        if not jobs:
+            return trials
+        trials += (done := run_round(jobs, report))
+        _record(done, owners, actives)
+
+
+def _data_parallel_searches(actives: list[_Active]) -> list[_Active]:
+    """Continue each batch size search with its limit less DistributedDataParallel's gradient buckets.
+
+    The buckets total the fp32 gradients, so the parameters' fp32 bytes (as
+    ``planner.sizing`` accounts them). Each new search starts from the probes
+    already run.
+    """
+    from planner.sizing import count_parameter_bytes
+
+    reduced: list[_Active] = []
+    for active in actives:
+        if active.spec.dimension != "batch_size" or active.state.answer is None:
+            continue
+        point = active.spec.point
+        buckets = count_parameter_bytes(point.task, point.arch, point.classes, point.image_size)
+        state = SizeSearch(
+            active.spec.bounds,
+            limit_bytes=active.state.limit_bytes - buckets,
+            dimension="batch_size",
+            parallel=active.state.parallel,
+        )
+        for probe in active.state.probes.values():
+            state.record(probe)
+        reduced.append(_Active(len(reduced), active.spec, active.card, active.backend, state, active.headroom_bytes))
+    return reduced
 
 
 def _start(grid: Grid, local_cards: list[Card], backend: BackendChoice) -> list[_Active]:
@@ -139,10 +178,12 @@ def _probe(size: int, results: list[TrialResult]) -> Probe:
     peaks = [_peak(result) for result in results if _peak(result) is not None]
     status = "oom" if any(result.status == "oom" for result in results) else "fits"
     needs = [result.needed_bytes for result in results if result.needed_bytes is not None]
+    allocated = [result.peak_allocated_bytes for result in results if result.peak_allocated_bytes is not None]
     return Probe(
         size,
         status,
         max(peaks) if peaks and status == "fits" else None,
+        allocated_bytes=max(allocated) if allocated and status == "fits" else None,
         needed_bytes=max(needs) if needs else None,
         spread_bytes=max(peaks) - min(peaks) if len(peaks) > 1 else None,
         trials=len(results),
