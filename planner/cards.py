@@ -13,6 +13,9 @@ GiB = 1024**3
 
 CardSource = Literal["catalog", "inline", "local"]
 
+# Memory of a card with room for any trial (1 PiB), to measure what a trial needs.
+UNLIMITED_MEMORY_BYTES = 2**50
+
 
 @dataclass(frozen=True)
 class Card:

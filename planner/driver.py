@@ -54,7 +54,7 @@ class Assignment:
 
 @dataclass(frozen=True)
 class Job:
-    """What one actor call runs: one assignment, or one simulated grid point for several cards."""
+    """The work of one actor call: one assignment, or one simulated grid point for several cards."""
 
     assignments: tuple[Assignment, ...]
 
@@ -128,7 +128,7 @@ def check_address(address: str, *, timeout_seconds: float = 5.0) -> None:
     """Raise ``PlanError`` within seconds when nothing listens at a Ray address.
 
     ``ray.init`` retries an unreachable address for a long time. "auto" and
-    "local" are left to Ray, which knows where its local cluster listens.
+    "local" are left to Ray, which finds its local cluster itself.
     """
     if address in ("auto", "local"):
         return
@@ -150,7 +150,7 @@ def check_address(address: str, *, timeout_seconds: float = 5.0) -> None:
 
 
 def start_gpu_workers(count: int) -> list[_Worker]:
-    """Start one actor per GPU with ``num_gpus=1`` and report what each one sees."""
+    """Start one actor per GPU with ``num_gpus=1`` and return each one's description of its device."""
     cls = actor_class(num_gpus=1, num_cpus=0)
     handles = [cls.remote() for _ in range(count)]
     described = ray.get([handle.describe.remote() for handle in handles])
@@ -249,15 +249,14 @@ def run_grid(
             available = int(ray.available_resources().get("CPU", 1))
             count = max(1, min(available, cpu_jobs, max_cpu_workers or available))
             started += start_cpu_workers(count)
-        usable_workers = [worker for worker in started if worker.card or worker.kind == "cpu"]
-        results = _run_queue(jobs, usable_workers, on_result, started, timeout_seconds=grid.trial.timeout_seconds)
+        results = _run_queue(jobs, _live_workers(started), on_result, started, timeout_seconds=grid.trial.timeout_seconds)
         if grid.searches:
             from planner.search_runner import run_searches
 
             def run_round(round_jobs: list[Job], callback: ResultCallback) -> list[tuple[Assignment, TrialResult]]:
-                live = [worker for worker in started if worker.card or worker.kind == "cpu"]
-                live = [worker for worker in live if not worker.dead]
-                return _run_queue(round_jobs, live, callback, started, timeout_seconds=grid.trial.timeout_seconds)
+                return _run_queue(
+                    round_jobs, _live_workers(started), callback, started, timeout_seconds=grid.trial.timeout_seconds
+                )
 
             results += run_searches(grid, local_cards, backend, run_round, on_result=on_result, on_search=on_search)
         return results
@@ -266,6 +265,11 @@ def run_grid(
         # ``started`` includes replacements for actors that died.
         for worker in started:
             ray.kill(worker.handle)
+
+
+def _live_workers(started: list[_Worker]) -> list[_Worker]:
+    """Return the workers that can take jobs: CPU actors and GPU actors with a CUDA device, none dead."""
+    return [worker for worker in started if (worker.card or worker.kind == "cpu") and not worker.dead]
 
 
 def _usable_gpu_workers(workers: list[_Worker]) -> list[_Worker]:

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from planner.cards import Card
+from planner.cards import UNLIMITED_MEMORY_BYTES, Card
 from planner.driver import Assignment, BackendChoice, Job, ResultCallback, card_backend
 from planner.grid import Grid, SearchSpec
 from planner.search import Probe, SearchOutcome, SizeSearch
@@ -24,9 +24,6 @@ logger = logging.getLogger(__name__)
 
 RoundRunner = Callable[[list[Job], ResultCallback], list[tuple[Assignment, TrialResult]]]
 
-# A card with room for anything: measures what the smallest size needs when
-# it does not fit an emulated card.
-_UNLIMITED_BYTES = 2**50
 
 
 @dataclass
@@ -214,7 +211,7 @@ def _measure_needs(actives: list[_Active], run_round: RoundRunner) -> None:
         return
     jobs = []
     for active in pending:
-        roomy = dataclasses.replace(active.card, name=f"{active.card.name} (no limit)", memory_bytes=_UNLIMITED_BYTES)
+        roomy = dataclasses.replace(active.card, name=f"{active.card.name} (no limit)", memory_bytes=UNLIMITED_MEMORY_BYTES)
         jobs.append(Job((Assignment(active.number, _probe_spec(active.spec, active.spec.bounds.minimum), roomy, "emulated"),)))
     by_number = {active.number: active for active in pending}
     for item, result in run_round(jobs, lambda *args: None):

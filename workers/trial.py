@@ -14,7 +14,7 @@ import torch
 from fastai.callback.progress import ProgressCallback
 from fastai.callback.training import GradientAccumulation
 
-from planner.cards import Card
+from planner.cards import UNLIMITED_MEMORY_BYTES, Card
 from planner.grid import TrialSpec
 from workers.backends import EmulatedBackend, MeasuredBackend
 from workers.callbacks import Progress, StageCallback, StopAfterNBatches, ThroughputCallback
@@ -30,13 +30,11 @@ logger = logging.getLogger(__name__)
 # still steps twice.
 _SPARE_TRAIN_BATCHES = {"fp32": 1, "bf16": 1, "fp16": 8}
 
-# Memory of a card with room for any trial, to measure what a trial needs.
-_UNLIMITED_BYTES = 2**50
 
 
 @dataclass(frozen=True)
 class FitOutcome:
-    """How a trial's fit ended, before any backend reads its memory figures."""
+    """The end state of a trial's fit, before any backend reads its memory figures."""
 
     status: str  # "fits", "oom" or "error"
     progress: Progress  # stage and counts when the fit ended or failed
@@ -47,6 +45,11 @@ class FitOutcome:
     error: str | None
     seconds: float
     samples_per_second: float | None = None  # measured trials only: CPU backends' speed does not predict a GPU's
+
+    @property
+    def progress_at_end(self) -> Progress:
+        """The batches and steps the whole fit ran, as a ``Progress``."""
+        return Progress(self.progress.stage, self.train_batches_run, self.valid_batches_run, self.optimizer_steps)
 
 
 def fit_trial(spec: TrialSpec, backend) -> tuple[FitOutcome, StageCallback]:
@@ -208,38 +211,28 @@ def run_simulated_trial(spec: TrialSpec, cards: list[Card]) -> list[TrialResult]
     for card in cards:
         started = time.perf_counter()
         played = replay(backend.events, stage.history, card)
-        seconds = outcome.seconds / len(cards) + time.perf_counter() - started
         if played.fits:
-            result = TrialResult(
-                status="fits",
-                backend=backend.name,
-                peak_allocated_bytes=played.peak_allocated_bytes,
-                peak_reserved_bytes=played.peak_reserved_bytes,
-                train_batches_run=outcome.train_batches_run,
-                valid_batches_run=outcome.valid_batches_run,
-                optimizer_steps=outcome.optimizer_steps,
-                valid_batch_size=outcome.valid_batch_size,
-                seconds=seconds,
-                peak_stage=played.peak_progress.stage if played.peak_progress else None,
-            )
+            ended, needed, oom_stage = outcome.progress_at_end, None, None
         else:
             # Replay once more with room for everything: what the card would have needed.
-            roomy = dataclasses.replace(card, memory_bytes=_UNLIMITED_BYTES, overhead_bytes=0)
+            roomy = dataclasses.replace(card, memory_bytes=UNLIMITED_MEMORY_BYTES, overhead_bytes=0)
             needed = replay(backend.events, stage.history, roomy).peak_reserved_bytes
-            progress = played.progress
-            result = TrialResult(
-                status="oom",
+            ended, oom_stage = played.progress, played.progress.stage
+        results.append(
+            TrialResult(
+                status="fits" if played.fits else "oom",
                 backend=backend.name,
-                oom_stage=progress.stage,
+                oom_stage=oom_stage,
                 peak_allocated_bytes=played.peak_allocated_bytes,
                 peak_reserved_bytes=played.peak_reserved_bytes,
-                train_batches_run=progress.train_batches,
-                valid_batches_run=progress.valid_batches,
-                optimizer_steps=progress.optimizer_steps,
+                train_batches_run=ended.train_batches,
+                valid_batches_run=ended.valid_batches,
+                optimizer_steps=ended.optimizer_steps,
                 valid_batch_size=outcome.valid_batch_size,
-                seconds=seconds,
+                seconds=outcome.seconds / len(cards) + time.perf_counter() - started,
                 error=played.message,
                 needed_bytes=needed,
+                peak_stage=played.peak_progress.stage if played.peak_progress else None,
             )
-        results.append(result)
+        )
     return results
