@@ -164,7 +164,7 @@ class SizeSearch:
         Near a card's limit the caching allocator releases cached segments and
         retries, so reserved memory flattens while allocated memory keeps
         growing in a line. One prediction from allocated memory lands close to
-        the boundary; after it, probes step away from the nearest known size
+        the boundary. After it, probes step away from the nearest known size
         by a margin that doubles until the boundary is bracketed, then bisect.
         """
         high, step = self.bounds.maximum, self.step

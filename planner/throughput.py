@@ -218,7 +218,7 @@ def measured_samples_per_second(trials: pd.DataFrame, batch_size: int) -> Throug
 
     ``trials`` contains that row's trials on that card. Only trials of the
     ``measured`` backend count: emulated and simulated trials run on the
-    CPU, so their speed says nothing about the card. Of those that fitted,
+    CPU, so their speed does not predict the card's. Of those that fitted,
     the one with the largest batch size up to ``batch_size`` is used,
     because throughput changes with the batch.
     """

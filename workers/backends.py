@@ -31,7 +31,7 @@ FP16_INIT_SCALE = 2.0**10
 
 
 class MeasuredBackend:
-    """Run on the CUDA GPU this process sees and read its allocator statistics."""
+    """Run on this process's current CUDA GPU and read its allocator statistics."""
 
     name = "measured"
 

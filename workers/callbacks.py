@@ -20,7 +20,7 @@ VALIDATION = "validation"
 
 
 class Progress(NamedTuple):
-    """Where a fit is: its stage and the batches and optimizer steps completed so far."""
+    """A fit's position: its stage and the batches and optimizer steps completed so far."""
 
     stage: str
     train_batches: int

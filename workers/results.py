@@ -10,7 +10,7 @@ Status = Literal["fits", "oom", "error"]
 
 @dataclass(frozen=True)
 class TrialResult:
-    """What one trial measured. Byte counts are ``None`` where a backend cannot measure them."""
+    """The measurements of one trial. Byte counts are ``None`` where a backend cannot measure them."""
 
     status: Status
     backend: str

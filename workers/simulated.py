@@ -100,7 +100,7 @@ class SimulatedBackend:
 
 @dataclass(frozen=True)
 class Replay:
-    """What replaying a trace on one card gave."""
+    """The outcome of replaying a trace on one card."""
 
     fits: bool
     progress: Progress | None  # where the first failed allocation happened

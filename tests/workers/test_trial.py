@@ -18,7 +18,7 @@ from workers.trial import run_trial
 warnings.filterwarnings("ignore", category=UserWarning)
 
 BIG = Card("big", 8192 * MiB)
-SMALL = Card("small", 100 * MiB)  # holds resnet18's weights (45 MiB) but not grads plus Adam state
+SMALL = Card("small", 100 * MiB)  # fits resnet18's weights (45 MiB) but not grads plus Adam state
 
 
 def spec(**overrides) -> TrialSpec:
@@ -177,5 +177,5 @@ def test_throughput_callback_times_batches_after_first():
 
 
 def test_emulated_trial_reports_no_throughput():
-    # CPU speed says nothing about a GPU's, so only measured trials report it.
+    # CPU speed does not predict a GPU's, so only measured trials report it.
     assert run_trial(spec(), EmulatedBackend(BIG)).samples_per_second is None
