@@ -17,19 +17,31 @@ import yaml
 
 from planner.architectures import ARCHITECTURES
 from planner.cards import CATALOG, Card, parse_memory
+from planner.factories import FactoryError, check_arguments, load_factory
+from planner.tasks import (
+    DEFAULT_CARDINALITY,
+    DEFAULT_CLASSES,
+    DEFAULT_LAYERS,
+    DEFAULT_VOCAB_SIZE,
+    LEARNER_TASK,
+    TABULAR_ARCHITECTURE,
+    TASKS,
+    TEXT_ARCHITECTURES,
+    TEXT_TASKS,
+    VISION_TASKS,
+    allowed_keys,
+    describe_task_keys,
+    required_keys,
+)
 
-Task = Literal["classification", "segmentation"]
+Task = Literal["classification", "segmentation", "text_classifier", "language_model", "tabular", "learner"]
 Precision = Literal["fp32", "fp16", "bf16"]
 
-TASKS: tuple[str, ...] = ("classification", "segmentation")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
 LOCAL_CARD = "local"
 
-# Classes of the synthetic labels when a model entry does not set them.
-DEFAULT_CLASSES = {"classification": 10, "segmentation": 4}
-
 _TOP_KEYS = ("cards", "trial", "models", "headroom", "sizing")
-_TRIAL_KEYS = ("train_batches", "valid_batches", "timeout_seconds", "repeats")
+_TRIAL_KEYS = ("train_batches", "valid_batches", "timeout_seconds", "repeats", "scan_batches")
 _CARD_KEYS = ("name", "memory", "overhead", "backend")
 CARD_BACKENDS = ("emulated", "simulated")
 _MODEL_KEYS = (
@@ -44,12 +56,38 @@ _MODEL_KEYS = (
     "stages",
     "valid_batch_size",
     "grad_accumulation",
+    "seq_len",
+    "vocab_size",
+    "n_cont",
+    "n_cat",
+    "cardinality",
+    "layers",
+    "learner",
+    "params",
+)
+# Keys whose lists are grid dimensions: every combination is one trial.
+_DIMENSIONS = (
+    "arch",
+    "image_size",
+    "batch_size",
+    "precision",
+    "classes",
+    "fit",
+    "valid_batch_size",
+    "grad_accumulation",
+    "seq_len",
+    "vocab_size",
+    "n_cont",
+    "n_cat",
+    "cardinality",
+    "layers",
 )
 FITS = ("fit_one_cycle", "fine_tune", "lr_find")
 _STAGE_KEYS = ("image_size", "batch_size")
 _AUTO_KEYS = ("auto", "min", "max", "multiple_of")
 SEARCHABLE = ("batch_size", "image_size")
-_REQUIRED_MODEL_KEYS = ("task", "arch", "image_size", "batch_size")
+# Scalar types a params value may have: they travel to workers and into tables.
+_PARAM_TYPES = (bool, int, float, str)
 
 
 class GridError(ValueError):
@@ -74,6 +112,8 @@ class TrialSettings:
     timeout_seconds: float | None = 600.0
     # How often a search runs each probed size; the highest peak counts.
     repeats: int = 1
+    # Batches of a user's DataLoader scanned for the largest one.
+    scan_batches: int = 32
 
 
 @dataclass(frozen=True)
@@ -81,8 +121,8 @@ class TrialSpec:
     """One grid point: everything a worker needs to build and fit the Learner."""
 
     task: Task
-    arch: str
-    image_size: int
+    arch: str  # for a learner entry, its factory as module:function
+    image_size: int | None  # pixels per side; None for tasks without images
     batch_size: int
     precision: Precision = "fp32"
     classes: int = 10
@@ -95,6 +135,46 @@ class TrialSpec:
     later_stages: tuple[tuple[int, int], ...] = ()
     valid_batch_size: int | None = None  # None: fastai's default, the train batch size
     grad_accumulation: int = 1  # batches per optimizer step (fastai's GradientAccumulation)
+    # Text: tokens per sequence. A language model's batches are batch_size x
+    # seq_len (fastai's seq_len); every synthetic document of a classifier
+    # is seq_len tokens long, so every batch is a worst-case batch.
+    seq_len: int | None = None
+    vocab_size: int | None = None  # text: tokens in the vocabulary, which sizes the embedding and decoder
+    n_cont: int | None = None  # tabular: continuous columns
+    n_cat: int | None = None  # tabular: categorical columns
+    cardinality: int | None = None  # tabular: categories in each categorical column
+    layers: tuple[int, ...] | None = None  # tabular: hidden layer sizes
+    # A learner entry's extra keyword arguments for its factory, in file order.
+    params: tuple[tuple[str, Any], ...] = ()
+    # Folders searched first when a worker imports a learner factory: the grid
+    # file's folder and the driver's working directory.
+    learner_paths: tuple[str, ...] = field(default=(), compare=False)
+    scan_batches: int = 32  # a user DataLoader's batches scanned for the largest one
+
+    @property
+    def factory_arguments(self) -> dict[str, Any]:
+        """Keyword arguments a learner factory receives for this point."""
+        arguments: dict[str, Any] = {"batch_size": self.batch_size}
+        if self.image_size is not None:
+            arguments["image_size"] = self.image_size
+        if self.seq_len is not None:
+            arguments["seq_len"] = self.seq_len
+        arguments.update(self.params)
+        return arguments
+
+    def describe(self) -> str:
+        """Return the point in a few words: task, model, input size, batch size and precision."""
+        if self.task in TEXT_TASKS:
+            size = f"{self.seq_len} tokens"
+        elif self.task == "tabular":
+            size = f"{self.n_cont} cont + {self.n_cat} cat columns"
+        elif self.image_size is not None:
+            size = f"{self.image_size}px"
+        else:
+            size = ""
+        extra = " ".join(f"{key}={value}" for key, value in self.params)
+        parts = [self.task, self.arch, size, f"bs={self.batch_size}", self.precision, extra]
+        return " ".join(part for part in parts if part)
 
     @property
     def effective_batch_size(self) -> int:
@@ -113,6 +193,9 @@ class TrialSpec:
         row["requested_valid_batch_size"] = row.pop("valid_batch_size")
         row["later_stages"] = " ".join(f"{size}px/bs{batch}" for size, batch in self.later_stages) or None
         row["effective_batch_size"] = self.effective_batch_size
+        row["layers"] = ",".join(str(size) for size in self.layers) if self.layers else None
+        row["params"] = ", ".join(f"{key}={value}" for key, value in self.params) or None
+        del row["learner_paths"]
         return row
 
 
@@ -191,17 +274,22 @@ def load_grid(path: str | Path) -> Grid:
         raise GridError([f"grid file {str(path)!r} not found"], str(path)) from None
     except OSError as error:
         raise GridError([f"cannot read grid file: {error.strerror}"], str(path)) from None
-    return parse_grid(text, source=str(path))
+    return parse_grid(text, source=str(path), folder=path.resolve().parent)
 
 
-def parse_grid(text: str, *, source: str = "grid") -> Grid:
-    """Parse grid YAML text and validate every value before returning it."""
+def parse_grid(text: str, *, source: str = "grid", folder: Path | None = None) -> Grid:
+    """Parse grid YAML text and validate every value before returning it.
+
+    ``folder`` is where the grid file lies: learner factories next to it
+    import without being installed.
+    """
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise GridError([f"invalid YAML: {_yaml_problem(error)}"], source) from None
     problems: list[str] = []
-    grid = _validate(document, problems, source)
+    paths = tuple(dict.fromkeys(str(path) for path in (folder, Path.cwd()) if path is not None))
+    grid = _validate(document, problems, source, paths)
     if problems:
         raise GridError(problems, source)
     assert grid is not None
@@ -216,7 +304,7 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
 
 
-def _validate(document: Any, problems: list[str], source: str) -> Grid | None:
+def _validate(document: Any, problems: list[str], source: str, learner_paths: tuple[str, ...]) -> Grid | None:
     if document is None:
         problems.append("the file is empty: a grid needs the keys cards and models")
         return None
@@ -234,7 +322,8 @@ def _validate(document: Any, problems: list[str], source: str) -> Grid | None:
     # A missing key is reported above, so it is not parsed again as an empty list.
     cards, local = _parse_cards(document["cards"], problems) if "cards" in document else ([], False)
     trial = _parse_trial(document.get("trial", {}), problems)
-    points, searches = _parse_models(document["models"], trial, problems) if "models" in document else ([], [])
+    context = _ModelContext(trial, learner_paths)
+    points, searches = _parse_models(document["models"], context, problems) if "models" in document else ([], [])
     headroom = _parse_headroom(document["headroom"], problems) if "headroom" in document else Headroom()
     sizing = None
     if "sizing" in document:
@@ -411,7 +500,14 @@ def _parse_trial(value: Any, problems: list[str]) -> TrialSettings:
             f"or null for no limit"
         )
         timeout = settings.timeout_seconds
-    return TrialSettings(train, valid, timeout, repeats)
+    scan = value.get("scan_batches", settings.scan_batches)
+    if not _is_int(scan) or scan < 1:
+        problems.append(
+            f"trial.scan_batches is {scan!r}, but it must be a positive integer (batches of a learner "
+            f"factory's DataLoaders scanned for the largest one)"
+        )
+        scan = settings.scan_batches
+    return TrialSettings(train, valid, timeout, repeats, scan)
 
 
 def _is_int(value: Any) -> bool:
@@ -419,7 +515,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _parse_models(
-    value: Any, trial: TrialSettings, problems: list[str]
+    value: Any, context: _ModelContext, problems: list[str]
 ) -> tuple[list[TrialSpec], list[SearchSpec]]:
     if not isinstance(value, list) or not value:
         problems.append(
@@ -430,7 +526,7 @@ def _parse_models(
     points: list[TrialSpec] = []
     searches: list[SearchSpec] = []
     for index, entry in enumerate(value):
-        entry_points, entry_searches = _parse_model(entry, index, trial, problems)
+        entry_points, entry_searches = _parse_model(entry, index, context, problems)
         points.extend(entry_points)
         searches.extend(entry_searches)
     return points, searches
@@ -470,18 +566,8 @@ def _parse_auto(value: Any, key: str, place: str, problems: list[str]) -> AutoRa
     return AutoRange(lowest, bounds["max"], bounds["multiple_of"])
 
 
-def _as_list(entry: dict, key: str, place: str, problems: list[str]) -> list[Any] | None:
-    value = entry[key]
-    if isinstance(value, list):
-        if not value:
-            problems.append(f"{place}.{key} is an empty list: give at least one value")
-            return None
-        return value
-    return [value]
-
-
 def _parse_model(
-    entry: Any, index: int, trial: TrialSettings, problems: list[str]
+    entry: Any, index: int, context: _ModelContext, problems: list[str]
 ) -> tuple[list[TrialSpec], list[SearchSpec]]:
     place = f"models[{index}]"
     if not isinstance(entry, dict):
@@ -490,62 +576,61 @@ def _parse_model(
             f"task, arch, image_size and batch_size"
         )
         return [], []
-    _check_keys(entry, place, _MODEL_KEYS, problems)
-    stages = _parse_stages(entry, place, problems) if "stages" in entry else None
-    required = [key for key in _REQUIRED_MODEL_KEYS if stages is None or key not in _STAGE_KEYS]
-    missing = [key for key in required if key not in entry]
+    task = _parse_task(entry, place, problems)
+    if task is None:
+        _check_keys(entry, place, _MODEL_KEYS, problems)
+        return [], []
+    allowed = allowed_keys(task)
+    keys = allowed if task == LEARNER_TASK else ("task", *allowed)
+    for key in entry:
+        if key not in _MODEL_KEYS:
+            hint = _did_you_mean(str(key), keys)
+            problems.append(f"{place}.{key} is not a known key{hint}. Keys of a {task} entry: {', '.join(keys)}")
+        elif key != "task" and key not in allowed:
+            problems.append(f"{place}.{key} is not a key of a {task} entry. Its keys: {', '.join(keys)}")
+    stages = _parse_stages(entry, place, problems) if "stages" in entry and "stages" in allowed else None
+    missing = [
+        key for key in required_keys(task) if key not in entry and (stages is None or key not in _STAGE_KEYS)
+    ]
     for key in missing:
-        problems.append(f"{place}.{key} is missing: every model entry needs {', '.join(_REQUIRED_MODEL_KEYS)}")
+        problems.append(f"{place}.{key} is missing: a {task} entry needs {describe_task_keys(task)}")
 
-    task = entry.get("task")
-    if "task" in entry and task not in TASKS:
-        hint = _did_you_mean(str(task), TASKS)
-        problems.append(f"{place}.task is {task!r}, which is not a known task{hint}. Use one of {', '.join(TASKS)}")
-        task = None
-
-    searched, bounds, invalid_auto = _parse_searched(entry, place, problems)
-
+    searched, bounds, invalid = _parse_searched(entry, place, task, problems)
     values: dict[str, list[Any]] = {}
-    has_empty_list = False
-    for key in ("arch", "image_size", "batch_size", "precision", "classes", "fit", "valid_batch_size", "grad_accumulation"):
-        if key not in entry or key == searched or (stages is not None and key in _STAGE_KEYS):
+    for key in _DIMENSIONS:
+        if key not in entry or key not in allowed or key == searched or (stages is not None and key in _STAGE_KEYS):
             continue
-        items = _as_list(entry, key, place, problems)
+        items = _dimension_values(entry, key, place, problems)
         if items is None:
-            has_empty_list = True
+            invalid = True
             continue
-        # A scalar is written without an index; a list item with its index.
-        listed = isinstance(entry[key], list)
-        checked = []
-        for position, item in enumerate(items):
-            where = f"{place}.{key}[{position}]" if listed else f"{place}.{key}"
-            if _check_value(key, item, where, task, problems):
-                checked.append(item)
+        checked = [item for item, where in items if _check_value(key, item, where, task, problems)]
+        invalid = invalid or len(checked) != len(items)
         values[key] = checked
+
+    params = _parse_params(entry, place, problems) if "params" in entry and "params" in allowed else {}
+    invalid = invalid or params is None
+    learner_paths: tuple[str, ...] = ()
+    if task == LEARNER_TASK and "learner" in entry:
+        learner_paths = context.learner_paths
+        arguments = ["batch_size", *(key for key in ("image_size", "seq_len") if key in entry), *(params or {})]
+        invalid = not _check_learner(entry["learner"], f"{place}.learner", arguments, learner_paths, problems) or invalid
 
     dataset_size = entry.get("dataset_size")
     if dataset_size is not None and (not _is_int(dataset_size) or dataset_size <= 0):
         problems.append(f"{place}.dataset_size is {dataset_size!r}, but it must be a positive integer (training samples)")
-        invalid_auto = True
+        invalid = True
 
-    if (
-        missing
-        or task is None
-        or has_empty_list
-        or invalid_auto
-        or any(len(items) != len(_as_list_quiet(entry[key])) for key, items in values.items())
-    ):
+    if task == "tabular" and 0 in values.get("n_cont", ()) and 0 in values.get("n_cat", ()):
+        problems.append(f"{place} has a point with n_cont 0 and n_cat 0: a table needs at least one column")
+        invalid = True
+    if missing or invalid:
         return [], []
-
     if stages is not None and (searched is not None or stages is False):
         if searched is not None:
             problems.append(f"{place}.stages cannot be combined with a search: give fixed sizes in each stage")
         return [], []
-    values.setdefault("precision", ["fp32"])
-    values.setdefault("classes", [DEFAULT_CLASSES[task]])
-    values.setdefault("fit", ["fit_one_cycle"])
-    values.setdefault("valid_batch_size", [None])
-    values.setdefault("grad_accumulation", [1])
+    _fill_defaults(values, task, entry)
     later: tuple[tuple[int, int], ...] = ()
     if stages:
         (first_size, first_batch), *rest = stages
@@ -562,37 +647,147 @@ def _parse_model(
                 return [], []
             bounds = AutoRange(bounds.minimum, dataset_size, bounds.multiple_of, "dataset_size")
         values[searched] = [bounds.minimum]  # placeholder, replaced by each probe
-    combos = itertools.product(
-        values["arch"],
-        values["image_size"],
-        values["batch_size"],
-        values["precision"],
-        values["classes"],
-        values["fit"],
-        values["valid_batch_size"],
-        values["grad_accumulation"],
+    fixed = dict(
+        task=task,
+        train_batches=context.trial.train_batches,
+        valid_batches=context.trial.valid_batches,
+        entry=index,
+        later_stages=later,
+        learner_paths=learner_paths,
+        scan_batches=context.trial.scan_batches,
     )
-    specs = [
-        TrialSpec(
-            task,
-            arch,
-            size,
-            batch,
-            precision,
-            classes,
-            trial.train_batches,
-            trial.valid_batches,
-            index,
-            fit,
-            later,
-            valid_batch,
-            accumulation,
-        )
-        for arch, size, batch, precision, classes, fit, valid_batch, accumulation in combos
-    ]
+    param_names = list(params or {})
+    keys = [*values, *param_names]
+    lists = [*values.values(), *(params or {}).values()]
+    specs = []
+    for combination in itertools.product(*lists):
+        point = dict(zip(keys, combination))
+        point_params = tuple((name, point.pop(name)) for name in param_names)
+        specs.append(TrialSpec(**fixed, **point, params=point_params))
     if searched is None:
         return specs, []
     return [], [SearchSpec(spec, searched, bounds) for spec in specs]
+
+
+@dataclass(frozen=True)
+class _ModelContext:
+    """What every model entry's parse needs besides the entry."""
+
+    trial: TrialSettings
+    learner_paths: tuple[str, ...]  # folders to import learner factories from
+
+
+def _parse_task(entry: dict, place: str, problems: list[str]) -> str | None:
+    """Return the entry's task, ``learner`` for a factory entry, or None when it is missing or unknown."""
+    if "learner" in entry:
+        if "task" in entry:
+            problems.append(
+                f"{place} sets both task and learner: a learner entry's factory builds the Learner, "
+                f"so remove task (or remove learner to use fastai's own learner for the task)"
+            )
+            return None
+        return LEARNER_TASK
+    if "task" not in entry:
+        problems.append(
+            f"{place}.task is missing: every model entry needs a task ({', '.join(TASKS)}) "
+            f"or a learner factory (learner: module:function)"
+        )
+        return None
+    task = entry["task"]
+    if task not in TASKS:
+        hint = _did_you_mean(str(task), TASKS)
+        problems.append(f"{place}.task is {task!r}, which is not a known task{hint}. Use one of {', '.join(TASKS)}")
+        return None
+    return task
+
+
+def _dimension_values(entry: dict, key: str, place: str, problems: list[str]) -> list[tuple[Any, str]] | None:
+    """Return each value of a grid dimension with its place, or None for an empty list.
+
+    A scalar is placed without an index, a list item with its index. ``layers``
+    is a list itself: a list of numbers is one value, a list of lists is a dimension.
+    """
+    value = entry[key]
+    if key == "layers" and not (isinstance(value, list) and value and all(isinstance(item, list) for item in value)):
+        return [(value, f"{place}.{key}")]
+    if not isinstance(value, list):
+        return [(value, f"{place}.{key}")]
+    if not value:
+        problems.append(f"{place}.{key} is an empty list: give at least one value")
+        return None
+    return [(item, f"{place}.{key}[{position}]") for position, item in enumerate(value)]
+
+
+def _fill_defaults(values: dict[str, list[Any]], task: str, entry: dict) -> None:
+    """Give every dimension the entry leaves out its default, and set what the task fixes."""
+    values.setdefault("precision", ["fp32"])
+    values.setdefault("fit", ["fit_one_cycle"])
+    values.setdefault("valid_batch_size", [None])
+    values.setdefault("grad_accumulation", [1])
+    # None for a language model (its vocabulary is its output) and a factory's Learner.
+    values.setdefault("classes", [DEFAULT_CLASSES.get(task)])
+    if task in TEXT_TASKS:
+        values.setdefault("vocab_size", [DEFAULT_VOCAB_SIZE])
+    if task == "tabular":
+        values["arch"] = [TABULAR_ARCHITECTURE]
+        values.setdefault("cardinality", [DEFAULT_CARDINALITY])
+        values.setdefault("layers", [DEFAULT_LAYERS])
+        values["layers"] = [tuple(layers) for layers in values["layers"]]
+    if task == LEARNER_TASK:
+        values["arch"] = [entry["learner"]]
+        values.setdefault("image_size", [None])
+    if task not in VISION_TASKS and task != LEARNER_TASK:
+        values["image_size"] = [None]
+
+
+def _parse_params(entry: dict, place: str, problems: list[str]) -> dict[str, list[Any]] | None:
+    """Parse a learner entry's params: names to a scalar or a list of scalars (a grid dimension)."""
+    value = entry["params"]
+    if not isinstance(value, dict) or not value:
+        problems.append(
+            f"{place}.params is {value!r}, but it must be a mapping of keyword arguments for the factory, "
+            f"such as {{width: [64, 128], depth: 4}}"
+        )
+        return None
+    params: dict[str, list[Any]] = {}
+    ok = True
+    for name, item in value.items():
+        where = f"{place}.params.{name}"
+        if not isinstance(name, str) or not name.isidentifier():
+            problems.append(f"{where} is not a Python identifier, so it cannot be a keyword argument")
+            ok = False
+            continue
+        if name in ("batch_size", "image_size", "seq_len"):
+            problems.append(f"{where} repeats a grid key: set {name} on the entry itself")
+            ok = False
+            continue
+        items = item if isinstance(item, list) else [item]
+        if not items:
+            problems.append(f"{where} is an empty list: give at least one value")
+            ok = False
+            continue
+        for position, scalar in enumerate(items):
+            if not isinstance(scalar, _PARAM_TYPES):
+                at = f"{where}[{position}]" if isinstance(item, list) else where
+                problems.append(f"{at} is {scalar!r}, but a parameter must be a number, a string or true/false")
+                ok = False
+        params[name] = items
+    return params if ok else None
+
+
+def _check_learner(
+    name: Any, where: str, arguments: list[str], search_paths: tuple[str, ...], problems: list[str]
+) -> bool:
+    """Import the learner factory and check that it takes the keyword arguments the entry will pass."""
+    if not isinstance(name, str):
+        problems.append(f"{where} is {name!r}, but it must be a factory name such as my_project.learners:make_learner")
+        return False
+    try:
+        check_arguments(load_factory(name, search_paths), arguments)
+    except FactoryError as error:
+        problems.append(f"{where} is {name!r}, but {error}")
+        return False
+    return True
 
 
 def _parse_stages(entry: dict, place: str, problems: list[str]) -> list[tuple[int, int]] | bool:
@@ -627,9 +822,12 @@ def _parse_stages(entry: dict, place: str, problems: list[str]) -> list[tuple[in
     return stages
 
 
-def _parse_searched(entry: dict, place: str, problems: list[str]) -> tuple[str | None, AutoRange | None, bool]:
+def _parse_searched(
+    entry: dict, place: str, task: str, problems: list[str]
+) -> tuple[str | None, AutoRange | None, bool]:
     """Find the one searched key of a model entry, if any, and its bounds."""
-    searched = [key for key in SEARCHABLE if key in entry and _is_auto(entry[key])]
+    allowed = allowed_keys(task)
+    searched = [key for key in SEARCHABLE if key in entry and key in allowed and _is_auto(entry[key])]
     if len(searched) > 1:
         problems.append(
             f"{place} sets both batch_size and image_size to auto: search one of them, "
@@ -643,15 +841,18 @@ def _parse_searched(entry: dict, place: str, problems: list[str]) -> tuple[str |
     return key, bounds, bounds is None
 
 
-def _as_list_quiet(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
-def _check_value(key: str, item: Any, where: str, task: str | None, problems: list[str]) -> bool:
+def _check_value(key: str, item: Any, where: str, task: str, problems: list[str]) -> bool:
     if key == "arch":
-        allowed = ARCHITECTURES.get(task or "", ())
-        if task is None:
-            return isinstance(item, str)
+        if task in TEXT_TASKS:
+            if item not in TEXT_ARCHITECTURES:
+                problems.append(
+                    f"{where} is {item!r}, which is not a fastai text architecture. Use one of {', '.join(TEXT_ARCHITECTURES)}"
+                )
+                return False
+            return True
+        if isinstance(item, str) and item.startswith(TIMM_PREFIX):
+            return _check_timm(item, where, task, problems)
+        allowed = ARCHITECTURES.get(task, ())
         if item not in allowed:
             hint = _did_you_mean(str(item), allowed)
             problems.append(
@@ -671,18 +872,59 @@ def _check_value(key: str, item: Any, where: str, task: str | None, problems: li
             problems.append(f"{where} is {item!r}, which is not a known precision. Use one of {', '.join(PRECISIONS)}")
             return False
         return True
-    # image_size, batch_size and classes are counts.
-    unit = {
-        "image_size": "pixels per side",
-        "batch_size": "samples per batch",
-        "valid_batch_size": "samples per validation batch",
-        "grad_accumulation": "batches per optimizer step",
-        "classes": "classes",
-    }[key]
-    if not _is_int(item) or item <= 0:
-        problems.append(f"{where} is {item!r}, but it must be a positive integer ({unit})")
+    if key == "layers":
+        if not isinstance(item, list) or not item or not all(_is_int(size) and size > 0 for size in item):
+            problems.append(
+                f"{where} is {item!r}, but it must be a list of positive layer sizes such as [200, 100], "
+                f"or a list of such lists to compare several"
+            )
+            return False
+        return True
+    # The rest are counts.
+    unit, smallest = _COUNTS[key]
+    if not _is_int(item) or item < smallest:
+        kind = {1: "a positive integer", 0: "a non-negative integer"}.get(smallest, f"an integer of at least {smallest}")
+        problems.append(f"{where} is {item!r}, but it must be {kind} ({unit})")
         return False
     if key == "classes" and item < 2:
         problems.append(f"{where} is {item!r}, but a task needs at least 2 classes")
+        return False
+    return True
+
+
+# Count keys: the unit named in messages and the smallest value allowed.
+_COUNTS = {
+    "image_size": ("pixels per side", 1),
+    "batch_size": ("samples per batch", 1),
+    "valid_batch_size": ("samples per validation batch", 1),
+    "grad_accumulation": ("batches per optimizer step", 1),
+    "classes": ("classes", 1),
+    "seq_len": ("tokens per sequence", 1),
+    # fastai's text vocabulary starts with its special tokens (xxunk, xxpad, ...).
+    "vocab_size": ("tokens in the vocabulary, fastai's special tokens included", 16),
+    "n_cont": ("continuous columns", 0),
+    "n_cat": ("categorical columns", 0),
+    "cardinality": ("categories per categorical column", 2),
+}
+
+# An arch written timm/NAME is a timm model, which vision_learner builds by name.
+TIMM_PREFIX = "timm/"
+
+
+def _check_timm(item: str, where: str, task: str, problems: list[str]) -> bool:
+    if task != "classification":
+        problems.append(f"{where} is {item!r}, but timm models are supported for classification only")
+        return False
+    try:
+        import timm
+    except ImportError:
+        problems.append(
+            f"{where} is {item!r}, a timm model, but timm is not installed: pip install 'planner[timm]'"
+        )
+        return False
+    name = item.removeprefix(TIMM_PREFIX)
+    if name not in timm.list_models():
+        hint = _did_you_mean(name, timm.list_models())
+        problems.append(f"{where} is {item!r}, which is not a timm model{hint}. timm.list_models() lists them")
         return False
     return True

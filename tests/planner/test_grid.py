@@ -24,7 +24,7 @@ MEMORY_ADVICE = (
     "which is not a memory size. Use a positive number with a unit such as 512MiB, 16GiB "
     "or 40GB (GB = 10^9 bytes, GiB = 2^30 bytes), or a plain number of bytes"
 )
-MODEL_KEYS_ADVICE = "every model entry needs task, arch, image_size, batch_size"
+MODEL_KEYS_ADVICE = "a classification entry needs task, arch, image_size and batch_size"
 # The messages list the whole catalog and every supported architecture. This
 # file checks the wording around those lists, not their contents.
 CATALOG_NAMES = ", ".join(CATALOG)
@@ -67,14 +67,14 @@ BAD_GRIDS = [
     ),
     pytest.param(
         model_grid("{task: classification, arch: resnet18, image_size: 32, batch_size: 8, batchsize: 8}"),
-        "models[0].batchsize is not a known key (did you mean 'batch_size'?). "
-        "Known keys: task, arch, image_size, batch_size, precision, classes, dataset_size, fit, stages, valid_batch_size, grad_accumulation",
+        "models[0].batchsize is not a known key (did you mean 'batch_size'?). Keys of a classification entry: "
+        "task, arch, image_size, classes, stages, batch_size, precision, fit, valid_batch_size, grad_accumulation, dataset_size",
         id="model_key",
     ),
     pytest.param(
         trial_grid("{train_batch: 2}"),
         "trial.train_batch is not a known key (did you mean 'train_batches'?). "
-        "Known keys: train_batches, valid_batches, timeout_seconds, repeats",
+        "Known keys: train_batches, valid_batches, timeout_seconds, repeats, scan_batches",
         id="trial_key",
     ),
     pytest.param(
@@ -85,13 +85,13 @@ BAD_GRIDS = [
     # Tasks and architectures.
     pytest.param(
         model_grid("{task: detection, arch: resnet18, image_size: 32, batch_size: 8}"),
-        "models[0].task is 'detection', which is not a known task. Use one of classification, segmentation",
+        "models[0].task is 'detection', which is not a known task. Use one of classification, segmentation, text_classifier, language_model, tabular",
         id="task_unknown",
     ),
     pytest.param(
         model_grid("{task: classify, arch: resnet18, image_size: 32, batch_size: 8}"),
         "models[0].task is 'classify', which is not a known task (did you mean 'classification'?). "
-        "Use one of classification, segmentation",
+        "Use one of classification, segmentation, text_classifier, language_model, tabular",
         id="task_hint",
     ),
     pytest.param(
@@ -177,7 +177,8 @@ BAD_GRIDS = [
     # Model entries.
     pytest.param(
         model_grid("{arch: resnet18, image_size: 32, batch_size: 8}"),
-        f"models[0].task is missing: {MODEL_KEYS_ADVICE}",
+        "models[0].task is missing: every model entry needs a task (classification, segmentation, "
+        "text_classifier, language_model, tabular) or a learner factory (learner: module:function)",
         id="model_no_task",
     ),
     pytest.param(
@@ -370,7 +371,7 @@ def test_parse_grid_reports_all_problems() -> None:
         "trial.train_batches is 1, but it must be an integer of at least 2, "
         "so that the optimizer steps twice and its state exists",
         "models[0].image_size is 0, but it must be a positive integer (pixels per side)",
-        "models[1].task is 'detection', which is not a known task. Use one of classification, segmentation",
+        "models[1].task is 'detection', which is not a known task. Use one of classification, segmentation, text_classifier, language_model, tabular",
     ]
 
 
