@@ -596,6 +596,14 @@ def test_as_row_fields() -> None:
         "requested_valid_batch_size": None,
         "grad_accumulation": 1,
         "effective_batch_size": 8,
+        "seq_len": None,
+        "vocab_size": None,
+        "n_cont": None,
+        "n_cat": None,
+        "cardinality": None,
+        "layers": None,
+        "params": None,
+        "scan_batches": 32,
     }
 
 
