@@ -1,4 +1,9 @@
-"""Build the fastai Learner for a trial as a user would, on synthetic images."""
+"""Build the fastai Learner for a trial as a user would, on synthetic data.
+
+Images are built here; text and tables in ``workers.text`` and
+``workers.tabular``. A learner factory's trial builds its own Learner
+(``workers.factory``).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,10 @@ from torch.nn.modules.module import (
 )
 from torchvision import models
 
-from planner.grid import TrialSpec
+from planner.grid import TIMM_PREFIX, TrialSpec
+from planner.tasks import TABULAR_TASK, TEXT_TASKS
+from workers.tabular import build_tabular_dataloaders, create_tabular_learner
+from workers.text import build_text_dataloaders, create_text_learner
 
 
 def _noise_image(index: int, size: int) -> PILImage:
@@ -34,7 +42,16 @@ def _noise_mask(index: int, size: int, classes: int) -> PILMask:
 
 
 def build_dataloaders(spec: TrialSpec, *, train_items: int, valid_items: int, device: torch.device):
-    """Build DataLoaders of synthetic images at the spec's size, with fastai's default validation batch size."""
+    """Build the task's DataLoaders of synthetic items, with fastai's default validation batch size."""
+    if spec.task in TEXT_TASKS:
+        return build_text_dataloaders(spec, train_items=train_items, valid_items=valid_items, device=device)
+    if spec.task == TABULAR_TASK:
+        return build_tabular_dataloaders(spec, train_items=train_items, valid_items=valid_items, device=device)
+    return _image_dataloaders(spec, train_items=train_items, valid_items=valid_items, device=device)
+
+
+def _image_dataloaders(spec: TrialSpec, *, train_items: int, valid_items: int, device: torch.device):
+    """Build DataLoaders of synthetic images at the spec's size."""
     items = list(range(train_items + valid_items))
     size, classes = spec.image_size, spec.classes
     labels = [str(label) for label in range(classes)]
@@ -65,24 +82,31 @@ def build_dataloaders(spec: TrialSpec, *, train_items: int, valid_items: int, de
 
 
 def build_learner(spec: TrialSpec, dls) -> Learner:
-    """Build ``vision_learner`` or ``unet_learner`` with random weights (pretrained=False).
+    """Build the task's fastai learner with random weights (pretrained=False).
 
     On DataLoaders whose device is meta (the simulated backend's), the model's
     parameters and buffers are meta tensors, which have shapes but no data, so
     weight initialisation and fastai's shape probes compute nothing.
     """
-    arch = getattr(models, spec.arch)
     if dls.device is not None and torch.device(dls.device).type == "meta":
         with _parameters_on_meta(), _one_item_batches(dls):
-            learn = _create_learner(spec.task, dls, arch)
+            learn = _create_learner(spec, dls)
     else:
-        learn = _create_learner(spec.task, dls, arch)
+        learn = _create_learner(spec, dls)
     learn.logger = lambda *_: None  # keep the actor's output to one line per trial
     return learn
 
 
-def _create_learner(task: str, dls, arch) -> Learner:
-    if task == "classification":
+def _create_learner(spec: TrialSpec, dls) -> Learner:
+    if spec.task in TEXT_TASKS:
+        return create_text_learner(spec, dls)
+    if spec.task == TABULAR_TASK:
+        return create_tabular_learner(spec, dls)
+    if spec.arch.startswith(TIMM_PREFIX):
+        # fastai builds a timm model from its name.
+        return vision_learner(dls, spec.arch.removeprefix(TIMM_PREFIX), pretrained=False)
+    arch = getattr(models, spec.arch)
+    if spec.task == "classification":
         return vision_learner(dls, arch, pretrained=False)
     return unet_learner(dls, arch, pretrained=False)
 

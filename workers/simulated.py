@@ -10,12 +10,14 @@ capacity is the card's memory less its CUDA context.
 from __future__ import annotations
 
 import contextlib
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from fastai.callback.fp16 import MixedPrecision
 from fastai.learner import Learner
+from fastai.text.models.core import SentenceEncoder
 from fastai.torch_core import TensorBase
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
@@ -23,6 +25,7 @@ from planner.cards import Card
 from workers.allocator import AllocatorOutOfMemory, CachingAllocatorModel
 from workers.backends import FP16_INIT_SCALE, CPUMixedPrecision, allocate_workspaces
 from workers.callbacks import Progress
+from workers.text import full_batches_forward
 from workers.tracker import ALLOC, StorageTracker
 
 # Fake tensors run on the CPU, because autograd on fake CUDA tensors needs a CUDA context.
@@ -57,6 +60,9 @@ class SimulatedBackend:
       loader's batch size, so no image is decoded.
     - fastai's ``TensorBase(x)`` casts return a fake tensor unchanged: a cast
       allocates nothing, and fake tensors cannot change their Python class.
+    - A text classifier's encoder feeds every row of every chunk: fastai
+      counts the rows that are not padding, a value fake tensors do not
+      have, and synthetic documents have no padding.
 
     NOTE: fake tensors run on the CPU here (autograd on fake CUDA tensors
     needs a CUDA context), so mixed precision follows CPU autocast's operator
@@ -75,6 +81,10 @@ class SimulatedBackend:
         _swap_in_fake_tensors(learn.model, self.fake_mode)
         model = learn.model
         model.to = lambda *args, **kwargs: model  # the fakes already stand for device memory
+        for module in model.modules():
+            if isinstance(module, SentenceEncoder):
+                # fastai's encoder reads how many rows are padding; synthetic documents have none.
+                module.forward = types.MethodType(full_batches_forward, module)
         self.prepare_loaders(learn.dls)
 
     def prepare_loaders(self, dls) -> None:
