@@ -86,7 +86,7 @@ def load_default_grid() -> Grid:
 def format_progress(assignment: Assignment, result: TrialResult, done: int, total: int) -> str:
     """Format the one-line progress report of a finished trial."""
     spec = assignment.spec
-    point = f"{spec.task} {spec.arch} {spec.image_size}px bs={spec.batch_size} {spec.precision}"
+    point = spec.describe()
     if result.status == "fits":
         outcome = f"fits, peak allocated {format_bytes(result.peak_allocated_bytes)}"
         if result.peak_reserved_bytes is not None:

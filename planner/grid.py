@@ -162,6 +162,12 @@ class TrialSpec:
         arguments.update(self.params)
         return arguments
 
+    def size_fields(self) -> dict[str, Any]:
+        """The fields, other than batch_size, that size this point's inputs and model, where set."""
+        row = self.as_row()
+        keys = ("image_size", "seq_len", "vocab_size", "n_cont", "n_cat", "cardinality", "layers", "params")
+        return {key: row[key] for key in keys if row[key] is not None}
+
     def describe(self) -> str:
         """Return the point in a few words: task, model, input size, batch size and precision."""
         if self.task in TEXT_TASKS:

@@ -38,6 +38,14 @@ COLUMNS = [
     "grad_accumulation",
     "effective_batch_size",
     "requested_valid_batch_size",
+    "seq_len",
+    "vocab_size",
+    "n_cont",
+    "n_cat",
+    "cardinality",
+    "layers",
+    "params",
+    "probe_batches",
     "peak_stage",
     "train_batches",
     "valid_batches",
@@ -45,6 +53,7 @@ COLUMNS = [
     "valid_batches_run",
     "optimizer_steps",
     "valid_batch_size",
+    "scan_batches",
     "card_overhead_bytes",
     "device_name",
     "worker_pid",
@@ -67,6 +76,12 @@ _INT_COLUMNS = [
     "grad_accumulation",
     "effective_batch_size",
     "requested_valid_batch_size",
+    "seq_len",
+    "vocab_size",
+    "n_cont",
+    "n_cat",
+    "cardinality",
+    "scan_batches",
     "train_batches",
     "valid_batches",
     "train_batches_run",
@@ -95,12 +110,18 @@ _STRING_COLUMNS = [
     "later_stages",
     "peak_stage",
     "torch_version",
+    "layers",
+    "params",
+    "probe_batches",
 ]
 
 ROW_KEYS = ["task", "arch", "image_size", "precision"]
 # Shown only when a card's rows use them: most grids have one fit, no stages
 # and no accumulation.
 OPTIONAL_ROW_KEYS = {"fit": "fit_one_cycle", "later_stages": "", "grad_accumulation": 1}
+# The size of a row's inputs: shown when any row of the card has one. Text,
+# tabular and learner-factory rows have no image size.
+SIZE_ROW_KEYS = ["image_size", "seq_len", "vocab_size", "n_cont", "n_cat", "cardinality", "layers", "params"]
 
 
 def _row_keys(frame: pd.DataFrame) -> list[str]:
@@ -108,7 +129,8 @@ def _row_keys(frame: pd.DataFrame) -> list[str]:
     for key, default in OPTIONAL_ROW_KEYS.items():
         if key in frame and (frame[key].fillna(default) != default).any():
             keys.append(key)
-    return keys + ROW_KEYS[2:]
+    keys += [key for key in SIZE_ROW_KEYS if key in frame and frame[key].notna().any()]
+    return keys + ["precision"]
 
 
 def result_row(assignment: Assignment, result: TrialResult, *, torch_version: str) -> dict[str, Any]:
@@ -141,7 +163,8 @@ def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     frame["fits"] = frame["fits"].astype("boolean")
     frame["seconds"] = frame["seconds"].astype("float64")
     frame["samples_per_second"] = frame["samples_per_second"].astype("float64")
-    return frame.sort_values(["card", *ROW_KEYS, "batch_size"], kind="stable").reset_index(drop=True)
+    order = ["card", "task", "arch", "image_size", "seq_len", "n_cont", "n_cat", "precision", "batch_size"]
+    return frame.sort_values(order, kind="stable").reset_index(drop=True)
 
 
 def _cell(row: pd.Series) -> str:
@@ -182,11 +205,17 @@ def card_tables(frame: pd.DataFrame, *, headroom: Headroom = Headroom()) -> dict
         # pivot_table drops rows whose keys are missing: fill them.
         group = group.assign(**{key: group[key].fillna(OPTIONAL_ROW_KEYS[key]) for key in OPTIONAL_ROW_KEYS})
         cells = group.assign(cell=group.apply(_cell, axis=1))
-        table = cells.pivot_table(index=keys, columns="batch_size", values="cell", aggfunc="first")
+        # Size keys a row does not use are missing: keep those rows (dropna=False).
+        table = cells.groupby([*keys, "batch_size"], dropna=False)["cell"].first().unstack("batch_size")
         table = table.reindex(sorted(table.columns), axis=1).fillna("")
         table.columns = [str(column) for column in table.columns]
-        fitting = group[_within_headroom(group, headroom)].groupby(keys)["batch_size"].max()
+        fitting = group[_within_headroom(group, headroom)].groupby(keys, dropna=False)["batch_size"].max()
         table["max fitting batch size"] = fitting.reindex(table.index).astype("Int64").astype("string").fillna("none")
+        if table.index.nlevels > 1:
+            # A key a row does not use shows as an empty cell.
+            table.index = pd.MultiIndex.from_tuples(
+                [tuple("" if pd.isna(value) else value for value in key) for key in table.index], names=keys
+            )
         tables[str(card)] = table
     return tables
 
@@ -198,10 +227,18 @@ SEARCH_COLUMNS = [
     "batch_size",
     "precision",
     "classes",
+    "seq_len",
+    "vocab_size",
+    "n_cont",
+    "n_cat",
+    "cardinality",
+    "layers",
+    "params",
     "card",
     "card_memory_bytes",
     "backend",
     "searched",
+    "fixed",
     "answer",
     "answer_peak_bytes",
     "headroom_bytes",
@@ -253,15 +290,22 @@ def search_frame(outcomes: Iterable[SearchOutcome]) -> pd.DataFrame:
             "search_max": bounds.maximum,
             "search_multiple_of": bounds.multiple_of,
             "capped_by": bounds.capped_by,
+            "fixed": ", ".join(
+                f"{key}={value}" for key, value in {"batch_size": point.batch_size, **point.size_fields()}.items()
+                if key != searched
+            ),
         }
+        row.update(point.size_fields())
         row[searched] = None  # the searched value is the answer
         rows.append(row)
     frame = pd.DataFrame(rows, columns=SEARCH_COLUMNS)
-    for column in ("image_size", "batch_size", "classes", "card_memory_bytes", "answer", "answer_peak_bytes",
+    for column in ("image_size", "batch_size", "classes", "seq_len", "vocab_size", "n_cont", "n_cat", "cardinality",
+                   "card_memory_bytes", "answer", "answer_peak_bytes",
                    "headroom_bytes", "limit_bytes", "search_trials", "needed_bytes", "spread_bytes",
                    "search_min", "search_max", "search_multiple_of"):
         frame[column] = frame[column].astype("Int64")
-    for column in ("task", "arch", "precision", "card", "backend", "searched", "probed_sizes", "warning", "error", "capped_by"):
+    for column in ("task", "arch", "precision", "card", "backend", "searched", "probed_sizes", "warning", "error",
+                   "capped_by", "layers", "params", "fixed"):
         frame[column] = frame[column].astype("string")
     frame["fits_nowhere"] = frame["fits_nowhere"].astype("boolean")
     return frame
@@ -293,10 +337,7 @@ def search_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
             {
                 "task": group["task"],
                 "arch": group["arch"],
-                "fixed": [
-                    f"image_size={row.image_size}" if row.searched == "batch_size" else f"batch_size={row.batch_size}"
-                    for row in group.itertuples()
-                ],
+                "fixed": group["fixed"],
                 "precision": group["precision"],
                 "searched": group["searched"],
                 "largest that fits": group.apply(_answer_cell, axis=1),

@@ -28,6 +28,7 @@ class TrialResult:
     needed_bytes: int | None = None  # for an OOM, the peak reserved the trial would need, where known
     peak_stage: str | None = None  # stage where peak reserved memory was reached, where the backend can tell
     samples_per_second: float | None = None  # train throughput after the first batch, measured trials only
+    probe_batches: str | None = None  # a learner factory's trial: the batches it fed, and how they were found
 
     @property
     def fits(self) -> bool | None:

@@ -183,7 +183,9 @@ def _fake_on_cpu(tensor: torch.Tensor, fake_mode: FakeTensorMode) -> torch.Tenso
 
 def _yield_fake_batches(loader, fake_mode: FakeTensorMode) -> None:
     """Make ``loader`` yield fake batches shaped like its real ones after batch transforms."""
-    sample = loader.after_batch(loader.do_batch([loader.do_item(index) for index in range(2)]))
+    largest = getattr(loader, "largest_batch", None)  # set by workers.largest_batches
+    batch = largest.batch if largest is not None else loader.do_batch([loader.do_item(index) for index in range(2)])
+    sample = loader.after_batch(batch)
     shapes = [(tuple(tensor.shape[1:]), tensor.dtype) for tensor in sample]
     batch_size = loader.bs
     count = len(loader)

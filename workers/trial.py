@@ -17,7 +17,10 @@ from fastai.callback.training import GradientAccumulation
 from planner.cards import UNLIMITED_MEMORY_BYTES, Card
 from planner.grid import TrialSpec
 from workers.backends import EmulatedBackend, MeasuredBackend
+from planner.tasks import LEARNER_TASK
 from workers.callbacks import Progress, StageCallback, StopAfterNBatches, ThroughputCallback
+from workers.factory import build_factory_learner
+from workers.largest_batches import use_largest_batches
 from workers.learners import build_dataloaders, build_learner
 from workers.oom import is_out_of_memory
 from workers.results import TrialResult
@@ -45,6 +48,7 @@ class FitOutcome:
     error: str | None
     seconds: float
     samples_per_second: float | None = None  # measured trials only: CPU backends' speed does not predict a GPU's
+    probe_batches: str | None = None  # a learner factory's trial: which batches it fed, and how they were found
 
     @property
     def progress_at_end(self) -> Progress:
@@ -67,11 +71,18 @@ def fit_trial(spec: TrialSpec, backend) -> tuple[FitOutcome, StageCallback]:
     status, message = "fits", None
     valid_batch_size = None
     learn = None
+    probe_batches = None
     try:
-        dls = _dataloaders(spec, spec.image_size, spec.batch_size, backend)
-        valid_batch_size = dls.valid.bs
-        learn = build_learner(spec, dls)
-        del dls
+        if spec.task == LEARNER_TASK:
+            # The simulated backend's device is meta; the factory's loaders build host batches to fake.
+            device = backend.device if backend.device.type != "meta" else torch.device("cpu")
+            learn = build_factory_learner(spec, device)
+            probe_batches = use_largest_batches(learn.dls, spec.scan_batches)
+        else:
+            dls = _dataloaders(spec, spec.image_size, spec.batch_size, backend)
+            learn = build_learner(spec, dls)
+            del dls
+        valid_batch_size = learn.dls.valid.bs
         if spec.precision != "fp32":
             learn.add_cb(backend.mixed_precision(spec.precision))
         if spec.grad_accumulation > 1:
@@ -113,6 +124,7 @@ def fit_trial(spec: TrialSpec, backend) -> tuple[FitOutcome, StageCallback]:
         error=message,
         seconds=time.perf_counter() - started,
         samples_per_second=timer.samples_per_second if timer is not None and status == "fits" else None,
+        probe_batches=probe_batches,
     )
     return outcome, stage
 
@@ -189,6 +201,7 @@ def run_trial(spec: TrialSpec, backend: MeasuredBackend | EmulatedBackend) -> Tr
         device_name=device_name,
         samples_per_second=outcome.samples_per_second,
         peak_stage=peak_stage,
+        probe_batches=outcome.probe_batches,
     )
 
 
@@ -233,6 +246,7 @@ def run_simulated_trial(spec: TrialSpec, cards: list[Card]) -> list[TrialResult]
                 error=played.message,
                 needed_bytes=needed,
                 peak_stage=played.peak_progress.stage if played.peak_progress else None,
+                probe_batches=outcome.probe_batches,
             )
         )
     return results
