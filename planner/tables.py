@@ -291,8 +291,12 @@ def search_frame(outcomes: Iterable[SearchOutcome]) -> pd.DataFrame:
             "search_multiple_of": bounds.multiple_of,
             "capped_by": bounds.capped_by,
             "fixed": ", ".join(
-                f"{key}={value}" for key, value in {"batch_size": point.batch_size, **point.size_fields()}.items()
-                if key != searched
+                [
+                    f"{key}={value}"
+                    for key, value in {"batch_size": point.batch_size, **point.size_fields()}.items()
+                    if key not in (searched, "params")
+                ]
+                + [f"{key}={value}" for key, value in point.params]
             ),
         }
         row.update(point.size_fields())

@@ -47,6 +47,13 @@ def _shape(batch: Any) -> str:
 
 def find_largest_batch(loader: Any, scan_batches: int, name: str) -> LargestBatch:
     """Return the largest batch of ``loader``: exact for ``SortedDL``, else the largest of a bounded scan."""
+    items = len(loader.dataset) if hasattr(loader.dataset, "__len__") else None
+    if loader.drop_last and items is not None and loader.bs is not None and items < loader.bs:
+        raise ValueError(
+            f"the {name} DataLoader has {items} items, fewer than one batch of {loader.bs}, and drops the "
+            f"last partial batch: lower batch_size, or set dataset_size: {items} on the model entry "
+            f"so that a search stays below it"
+        )
     if isinstance(loader, SortedDL) and len(loader.res) >= loader.bs:
         lengths = np.asarray(loader.res)
         longest = np.argsort(lengths, kind="stable")[::-1][: loader.bs]
@@ -90,21 +97,27 @@ def _unchanged(batch: Any) -> Any:
     return batch
 
 
-def feed_largest_batch(loader: Any, largest: LargestBatch) -> None:
-    """Make ``loader`` yield ``largest`` at every step of an epoch, moved and transformed as its own batches are."""
-    count = len(loader)
+def feed_largest_batch(loader: Any, largest: LargestBatch, count: int) -> None:
+    """Make ``loader`` an epoch of ``count`` copies of ``largest``, moved and transformed as its own batches are.
+
+    ``count`` may exceed the loader's own length: a dataset of one batch
+    still steps the optimizer every epoch of a real fit.
+    """
+    loader.n = count * loader.bs if loader.bs else count  # fastai's len(loader), which schedules read
+    loader.drop_last = False
+    loader.get_idxs = lambda: range(loader.n)  # the loader's own order, which may index past its dataset, is unused
     loader.create_batches = lambda samples: (largest.batch for _ in range(count))
     loader.largest_batch = largest  # the simulated backend fakes batches of its shapes
 
 
-def use_largest_batches(dls: Any, scan_batches: int) -> str:
-    """Feed the training and validation loaders their largest batches; return what was chosen.
+def use_largest_batches(dls: Any, scan_batches: int, train_batches: int, valid_batches: int) -> str:
+    """Feed the training and validation loaders epochs of their largest batches; return what was chosen.
 
     The loaders run in the trial's process from then on: a stored batch needs
     no loader workers, and worker processes would have to pickle every batch.
     """
     descriptions = []
-    for name, loader in (("train", dls.train), ("valid", dls.valid)):
+    for name, loader, count in (("train", dls.train, train_batches), ("valid", dls.valid, max(valid_batches, 1))):
         if not hasattr(loader, "create_batches"):
             raise TypeError(
                 f"the {name} DataLoader is a {type(loader).__name__}, but a learner factory must give "
@@ -112,6 +125,6 @@ def use_largest_batches(dls: Any, scan_batches: int) -> str:
             )
         loader.fake_l.num_workers = 0
         largest = find_largest_batch(loader, scan_batches, name)
-        feed_largest_batch(loader, largest)
+        feed_largest_batch(loader, largest, count)
         descriptions.append(largest.description)
     return "; ".join(descriptions)

@@ -77,7 +77,9 @@ def fit_trial(spec: TrialSpec, backend) -> tuple[FitOutcome, StageCallback]:
             # The simulated backend's device is meta; the factory's loaders build host batches to fake.
             device = backend.device if backend.device.type != "meta" else torch.device("cpu")
             learn = build_factory_learner(spec, device)
-            probe_batches = use_largest_batches(learn.dls, spec.scan_batches)
+            probe_batches = use_largest_batches(
+                learn.dls, spec.scan_batches, _train_batches_needed(spec), spec.valid_batches
+            )
         else:
             dls = _dataloaders(spec, spec.image_size, spec.batch_size, backend)
             learn = build_learner(spec, dls)
@@ -139,12 +141,16 @@ def _fit_labels(spec: TrialSpec) -> tuple[str, ...]:
     return ()
 
 
+def _train_batches_needed(spec: TrialSpec) -> int:
+    """Train batches an epoch needs, so that the optimizer steps twice."""
+    # Gradient accumulation steps the optimizer once every grad_accumulation
+    # batches, and fp16 loss scaling may skip a few steps.
+    return max(spec.train_batches, 2 * spec.grad_accumulation) + _SPARE_TRAIN_BATCHES[spec.precision]
+
+
 def _dataloaders(spec: TrialSpec, image_size: int, batch_size: int, backend):
     """Build synthetic DataLoaders for one fit, long enough for the trial's batches and steps."""
-    spare = _SPARE_TRAIN_BATCHES[spec.precision]
-    # Gradient accumulation steps the optimizer once every grad_accumulation
-    # batches, and the trial needs two steps.
-    train_batches = max(spec.train_batches, 2 * spec.grad_accumulation) + spare
+    train_batches = _train_batches_needed(spec)
     valid_batch_size = spec.valid_batch_size or batch_size
     point = dataclasses.replace(spec, image_size=image_size, batch_size=batch_size)
     dls = build_dataloaders(
