@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -91,6 +92,38 @@ class CPUMixedPrecision(MixedPrecision):
         self.autocast = torch.autocast("cpu", dtype=dtype)
         self.learn.scaler = torch.amp.GradScaler("cpu", **self.kwargs)
         self.scales = L()
+        self.recurrent = [module for module in self.learn.model.modules() if isinstance(module, torch.nn.RNNBase)]
+        for module in self.recurrent:
+            module.forward = functools.partial(_recurrent_forward_cast_once, module, dtype)
+
+    def after_fit(self) -> None:
+        super().after_fit()
+        for module in self.recurrent:
+            del module.forward  # the class's forward again
+
+
+def _recurrent_forward_cast_once(module: torch.nn.RNNBase, dtype: torch.dtype, input, hx=None):
+    """Run a recurrent layer under CPU autocast as CUDA autocast runs it: weights cast once per call.
+
+    CUDA autocast casts and flattens an RNN's weights into one low-precision
+    buffer per call (``_cudnn_rnn_cast_reflatten``). CPU autocast instead casts
+    the weights inside every time step's matrix products and keeps each copy
+    for the backward pass, which made a mixed-precision AWD_LSTM language
+    model's peak four times its fp32 peak.
+    """
+    if not torch.is_autocast_enabled("cpu"):
+        return type(module).forward(module, input, hx)
+    module._update_flat_weights()  # picks up weights set since the last call (fastai's weight dropout)
+    flat = module._flat_weights
+    with torch.autocast("cpu", enabled=False):
+        module._flat_weights = [weight.to(dtype) if weight is not None else None for weight in flat]
+        module._update_flat_weights = lambda: None  # keep the cast copies for this call
+        try:
+            state = tree_map_only(torch.Tensor, lambda tensor: tensor.to(dtype), hx)
+            return type(module).forward(module, input.to(dtype), state)
+        finally:
+            del module._update_flat_weights
+            module._flat_weights = flat
 
 
 class EmulatedBackend:
