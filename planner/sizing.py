@@ -32,6 +32,7 @@ import pandas as pd
 
 from planner.cards import format_bytes
 from planner.grid import PRECISIONS, Headroom
+from planner.tasks import LEARNER_TASK, TASKS, VISION_TASKS
 from planner.throughput import (
     DEFAULT_UTILIZATION,
     PRECISION_FIELDS,
@@ -162,6 +163,14 @@ def _parse_target(item: Any, place: str, models: Any, problems: list[str]) -> Si
             problems.append(f"{place}.model is {model}, but models has {entries}")
         elif isinstance(models[model], dict):
             entry = models[model]
+            task = "learner" if "learner" in entry else entry.get("task")
+            if task in TASKS and task not in VISION_TASKS or task == LEARNER_TASK:
+                # DDP gradient buckets and FLOPs are counted on torchvision models built on meta.
+                problems.append(
+                    f"{place}.model is {model}, a {task} entry, but sizing supports classification and "
+                    f"segmentation entries only"
+                )
+                entry = None
 
     batch = item.get("global_batch_size")
     if "global_batch_size" not in item:
