@@ -6,10 +6,12 @@ values as keyword arguments (``batch_size``, and every key of the entry's
 
 This one stands in for a review classifier: most reviews are short, and a
 few are very long. The model is a small convolutional text classifier
-(embedding, two 1-D convolutions, max pooling over time). The DataLoaders
-are fastai's ``SortedDL``, which pads each batch to its longest review, so
-the planner probes the batch of the longest reviews, wherever they are in
-the dataset.
+(embedding, two 1-D convolutions, max pooling over time). With
+``loader="sorted"`` the DataLoaders are fastai's ``SortedDL``, which knows
+every review's length, so the planner probes the batch of the longest
+reviews wherever they are in the dataset. With ``loader="plain"`` they are
+plain fastai DataLoaders in dataset order, and the planner keeps the largest
+of the first ``trial.scan_batches`` batches.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def make_learner(
     embedding: int = 128,
     channels: int = 256,
     classes: int = 2,
+    loader: str = "sorted",
 ) -> Learner:
     """Build the review classifier's Learner for one grid point."""
     lengths = review_lengths(documents, short_tokens, max_tokens, long_share)
@@ -80,9 +83,14 @@ def make_learner(
     # SortedDL sorts by the first element's length; give it the lengths so it does not build every review.
     train_lengths = [int(lengths[index]) for index in datasets.splits[0]]
     valid_lengths = [int(lengths[index]) for index in datasets.splits[1]]
-    loaders = DataLoaders(
-        SortedDL(datasets.train, res=train_lengths, bs=batch_size, shuffle=True, drop_last=True, before_batch=pad_input),
-        SortedDL(datasets.valid, res=valid_lengths, bs=batch_size, before_batch=pad_input),
-    )
+    if loader == "sorted":
+        loaders = DataLoaders(
+            SortedDL(datasets.train, res=train_lengths, bs=batch_size, shuffle=True, drop_last=True, before_batch=pad_input),
+            SortedDL(datasets.valid, res=valid_lengths, bs=batch_size, before_batch=pad_input),
+        )
+    elif loader == "plain":
+        loaders = datasets.dataloaders(bs=batch_size, before_batch=pad_input, shuffle=False)
+    else:
+        raise ValueError(f"loader is {loader!r}: use 'sorted' or 'plain'")
     model = ConvTextClassifier(vocab_size, embedding, channels, classes)
     return Learner(loaders, model, loss_func=CrossEntropyLossFlat())

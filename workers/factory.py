@@ -7,6 +7,7 @@ from fastai.learner import Learner
 
 from planner.factories import load_factory
 from planner.grid import TrialSpec
+from workers.largest_batches import check_fastai_loaders
 
 
 def build_factory_learner(spec: TrialSpec, device: torch.device) -> Learner:
@@ -17,6 +18,7 @@ def build_factory_learner(spec: TrialSpec, device: torch.device) -> Learner:
         raise TypeError(
             f"the learner factory {spec.arch} returned a {type(learn).__name__}, not a fastai Learner"
         )
+    check_fastai_loaders(learn.dls)
     learn.dls.device = device
     if spec.valid_batch_size is not None:
         learn.dls.valid.bs = spec.valid_batch_size  # fastai's val_bs

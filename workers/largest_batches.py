@@ -61,8 +61,7 @@ def find_largest_batch(loader: Any, scan_batches: int, name: str) -> LargestBatc
         shortest, tallest = int(lengths[longest].min()), int(lengths[longest].max())
         span = f"{shortest}" if shortest == tallest else f"{shortest}-{tallest}"
         return LargestBatch(
-            batch,
-            f"{name}: the {loader.bs} longest of {len(lengths)} items (length {span}, batch {_shape(batch)})",
+            batch, f"{name}: the {loader.bs} longest of {len(lengths)} items (batch {_shape(batch)}, length {span})"
         )
     return _scan(loader, scan_batches, name)
 
@@ -88,8 +87,8 @@ def _scan(loader: Any, scan_batches: int, name: str) -> LargestBatch:
     scanned = f"{read} of {total}" if read < total else f"all {total}"
     return LargestBatch(
         largest,
-        f"{name}: batch {position}, the largest of {scanned} batches scanned "
-        f"({largest_size:,} elements, smallest {smallest_size:,}; batch {_shape(largest)})",
+        f"{name}: batch {position} ({_shape(largest)}, {largest_size:,} elements), the largest of {scanned} "
+        f"batches scanned (the smallest had {smallest_size:,})",
     )
 
 
@@ -110,19 +109,25 @@ def feed_largest_batch(loader: Any, largest: LargestBatch, count: int) -> None:
     loader.largest_batch = largest  # the simulated backend fakes batches of its shapes
 
 
+def check_fastai_loaders(dls: Any) -> None:
+    """Raise ``TypeError`` unless the training and validation loaders are fastai DataLoaders."""
+    for name, loader in (("train", dls.train), ("valid", dls.valid)):
+        if not hasattr(loader, "create_batches"):
+            raise TypeError(
+                f"the {name} DataLoader is a {type(loader).__name__}, but a learner factory must give "
+                f"fastai DataLoaders (fastai.data.core.DataLoaders of TfmdDL or DataLoader)"
+            )
+
+
 def use_largest_batches(dls: Any, scan_batches: int, train_batches: int, valid_batches: int) -> str:
     """Feed the training and validation loaders epochs of their largest batches; return what was chosen.
 
     The loaders run in the trial's process from then on: a stored batch needs
     no loader workers, and worker processes would have to pickle every batch.
     """
+    check_fastai_loaders(dls)
     descriptions = []
     for name, loader, count in (("train", dls.train, train_batches), ("valid", dls.valid, max(valid_batches, 1))):
-        if not hasattr(loader, "create_batches"):
-            raise TypeError(
-                f"the {name} DataLoader is a {type(loader).__name__}, but a learner factory must give "
-                f"fastai DataLoaders (fastai.data.core.DataLoaders of TfmdDL or DataLoader)"
-            )
         loader.fake_l.num_workers = 0
         largest = find_largest_batch(loader, scan_batches, name)
         feed_largest_batch(loader, largest, count)
