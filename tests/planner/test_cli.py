@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -124,3 +125,33 @@ def test_cli_report_path_is_file_exits_2(tmp_path):
     done = run_cli("grid.yaml", "--report", "taken", cwd=tmp_path)
     assert done.returncode == 2
     assert "--report 'taken' is a file, not a folder" in done.stderr
+
+
+def test_cli_runs_the_learner_factory_example(tmp_path):
+    # Run from another folder: the factory imports from the grid file's folder.
+    example = Path(__file__).resolve().parents[2] / "examples" / "own_learner.yaml"
+    done = run_cli(str(example), "-o", "out.csv", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    frame = read_results(tmp_path / "out.csv")
+    grid_rows = frame[frame["search"].isna()]
+    # 2 batch sizes x 2 review lengths on 3 cards.
+    assert len(grid_rows) == 12
+    assert set(grid_rows["status"]) <= {"fits", "oom"}
+    assert set(grid_rows["arch"]) == {"own_learner:make_learner"}
+    assert grid_rows["probe_batches"].str.startswith("train: the ").all()
+    assert set(grid_rows["params"]) == {"max_tokens=500, channels=256", "max_tokens=2000, channels=256"}
+    answers = pd.read_csv(tmp_path / "out.search.csv").set_index("card")["answer"]
+    assert answers["T4"] == answers["A100-40GB"] == 800  # the training set's size caps the search
+    assert 8 <= answers["emu-512MiB"] < 64
+    assert "learner own_learner:make_learner" in done.stdout
+
+
+def test_cli_unimportable_learner_exits_2(tmp_path):
+    (tmp_path / "grid.yaml").write_text("cards: [T4]\nmodels: [{learner: my_models:make, batch_size: 8}]\n")
+
+    done = run_cli("grid.yaml", "-o", "out.csv", cwd=tmp_path)
+
+    assert done.returncode == 2
+    assert "models[0].learner is 'my_models:make', but module 'my_models' cannot be imported" in done.stderr
+    assert not list(tmp_path.glob("out*"))
