@@ -4,7 +4,7 @@ The planner calls ``make_learner`` once per trial with the grid point's
 values as keyword arguments (``batch_size``, and every key of the entry's
 ``params``) and fits the Learner it returns for a few batches.
 
-This one stands in for a review classifier: most reviews are short, and a
+This one is a review classifier: most reviews are short, and a
 few are very long. The model is a small convolutional text classifier
 (embedding, two 1-D convolutions, max pooling over time). With
 ``loader="sorted"`` the DataLoaders are fastai's ``SortedDL``, which knows

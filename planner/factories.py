@@ -1,8 +1,8 @@
 """User learner factories: ``learner: package.module:function`` in a model entry.
 
-A factory is the user's own code: it receives one grid point's values as
-keyword arguments (``batch_size``, ``image_size`` and ``seq_len`` when the
-entry sets them, and every key of ``params``) and returns a fastai
+A factory is the user's own code. It receives one grid point's values as
+keyword arguments: ``batch_size``, ``image_size`` and ``seq_len`` where the
+entry sets them, and every key of ``params``. It returns a fastai
 ``Learner`` with the user's model and DataLoaders. The driver imports it once
 while it checks the grid, so that a typo stops the run before any work; each
 worker imports it again before its first trial.
@@ -22,7 +22,7 @@ _FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]
 
 
 class FactoryError(ValueError):
-    """A learner factory that cannot be imported or called as the grid asks."""
+    """A learner factory that cannot be imported, or not called with the grid's keyword arguments."""
 
 
 @contextlib.contextmanager

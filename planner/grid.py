@@ -136,8 +136,8 @@ class TrialSpec:
     valid_batch_size: int | None = None  # None: fastai's default, the train batch size
     grad_accumulation: int = 1  # batches per optimizer step (fastai's GradientAccumulation)
     # Text: tokens per sequence. A language model's batches are batch_size x
-    # seq_len (fastai's seq_len); every synthetic document of a classifier
-    # is seq_len tokens long, so every batch is a worst-case batch.
+    # seq_len tokens (fastai's seq_len). Every synthetic document of a
+    # classifier is seq_len tokens long, so every batch is a worst-case batch.
     seq_len: int | None = None
     vocab_size: int | None = None  # text: tokens in the vocabulary, which sizes the embedding and decoder
     n_cont: int | None = None  # tabular: continuous columns
@@ -163,7 +163,7 @@ class TrialSpec:
         return arguments
 
     def size_fields(self) -> dict[str, Any]:
-        """The fields, other than batch_size, that size this point's inputs and model, where set."""
+        """Return the fields, other than batch_size, that size this point's inputs and model, where set."""
         row = self.as_row()
         keys = ("image_size", "seq_len", "vocab_size", "n_cont", "n_cat", "cardinality", "layers", "params")
         return {key: row[key] for key in keys if row[key] is not None}
@@ -677,7 +677,7 @@ def _parse_model(
 
 @dataclass(frozen=True)
 class _ModelContext:
-    """What every model entry's parse needs besides the entry."""
+    """Settings shared by the parse of every model entry."""
 
     trial: TrialSettings
     learner_paths: tuple[str, ...]  # folders to import learner factories from

@@ -5,7 +5,7 @@
 - ``trials.csv``: the long table, one row per trial;
 - ``searches.csv`` and ``sizing.csv``, when there are search answers and a sizing table;
 - ``table-CARD.csv``: each card's table of listed batch sizes, as printed;
-- ``heatmap-CARD.png``: each card's peak memory by batch size and image size;
+- ``heatmap-CARD.png``: each card's peak memory by batch size and input size (pixels, tokens or columns);
 - ``report.md``: per card, how many cards and what accumulation reach each
   sizing target, the search answers and the card's table, then the
   assumptions behind them.
@@ -120,7 +120,7 @@ def _file_names(cards: Sequence[str]) -> dict[str, str]:
 
 
 def plot_heatmap(trials: pd.DataFrame, card: str, headroom: Headroom, path: Path) -> bool:
-    """Plot one card's peak memory by batch size and image size into a PNG, one panel per task, arch and precision.
+    """Plot one card's peak memory by batch size and input size into a PNG, one panel per task, arch and precision.
 
     Cells are coloured by peak GiB on a scale from 0 to the card's memory.
     OOM cells are hatched and labelled OOM, failed trials ERR, and a fitting
@@ -137,12 +137,12 @@ def plot_heatmap(trials: pd.DataFrame, card: str, headroom: Headroom, path: Path
     overhead = trials["card_overhead_bytes"].iloc[0]
     limit_bytes = memory_bytes - (int(overhead) if pd.notna(overhead) else 0) - headroom.bytes_for(memory_bytes)
     panel_keys = [*_PANEL_KEYS, *(key for key in _OPTIONAL_PANEL_KEYS if key in trials)]
-    cells = _cells(trials, panel_keys)
+    cells = _cells(trials.assign(input_size=[_input_size(row) for row in trials.itertuples()]), panel_keys)
     panels = list(cells.groupby(panel_keys, dropna=False, sort=True))
 
     columns = max(len(panel["batch_size"].unique()) for _, panel in panels)
     width = min(max(4.5, 0.75 * columns + 2.5), 24.0)
-    heights = [max(1.7, 0.45 * len(panel["image_size"].unique()) + 1.3) for _, panel in panels]
+    heights = [max(1.7, 0.45 * len(panel["input_size"].unique()) + 1.3) for _, panel in panels]
     # 0.8 in above the panels leaves room for the two-line title.
     figure = Figure(figsize=(width, sum(heights) + 0.8), dpi=100, layout="constrained")
     axes = figure.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
@@ -151,21 +151,21 @@ def plot_heatmap(trials: pd.DataFrame, card: str, headroom: Headroom, path: Path
     image = None
     for axis, (keys, panel) in zip(axes, panels):
         batch_sizes = sorted(int(size) for size in panel["batch_size"].unique())
-        image_sizes = sorted(int(size) for size in panel["image_size"].unique())
-        values = [[math.nan] * len(batch_sizes) for _ in image_sizes]
+        input_sizes = sorted(panel["input_size"].unique())  # (rank, label) pairs
+        values = [[math.nan] * len(batch_sizes) for _ in input_sizes]
         for cell in panel.itertuples():
-            y, x = image_sizes.index(int(cell.image_size)), batch_sizes.index(int(cell.batch_size))
+            y, x = input_sizes.index(cell.input_size), batch_sizes.index(int(cell.batch_size))
             if cell.status == "fits" and pd.notna(cell.peak_bytes):
                 values[y][x] = cell.peak_bytes / GiB
         image = axis.imshow(values, cmap=colormap, norm=norm, aspect="auto", origin="lower")
         font = 8 if len(batch_sizes) <= 12 else 6
         for cell in panel.itertuples():
-            y, x = image_sizes.index(int(cell.image_size)), batch_sizes.index(int(cell.batch_size))
+            y, x = input_sizes.index(cell.input_size), batch_sizes.index(int(cell.batch_size))
             _draw_cell(axis, Rectangle, x, y, cell, limit_bytes, norm, font)
         axis.set_xticks(range(len(batch_sizes)), [str(size) for size in batch_sizes], fontsize=font)
-        axis.set_yticks(range(len(image_sizes)), [str(size) for size in image_sizes], fontsize=8)
+        axis.set_yticks(range(len(input_sizes)), [label for _, label in input_sizes], fontsize=8)
         axis.set_xlabel("batch size", fontsize=8)
-        axis.set_ylabel("image size (px)", fontsize=8)
+        axis.set_ylabel("input size", fontsize=8)
         axis.set_title(_panel_title(dict(zip(panel_keys, keys))), fontsize=9)
     figure.colorbar(image, ax=list(axes), label="peak GiB", shrink=0.9)
     figure.suptitle(
@@ -177,8 +177,22 @@ def plot_heatmap(trials: pd.DataFrame, card: str, headroom: Headroom, path: Path
     return True
 
 
+def _input_size(row: Any) -> tuple[int, str]:
+    """Return a row's input size as a sort rank and a label: pixels, tokens, columns or factory parameters."""
+    if pd.notna(row.image_size):
+        return int(row.image_size), f"{int(row.image_size)} px"
+    if pd.notna(row.seq_len):
+        return int(row.seq_len), f"{int(row.seq_len)} tokens"
+    if pd.notna(row.n_cont):
+        columns = int(row.n_cont) + int(row.n_cat)
+        return columns, f"{int(row.n_cont)} cont, {int(row.n_cat)} cat, layers {row.layers}"
+    return 0, str(row.params) if pd.notna(row.params) else "-"
+
+
 def _panel_title(keys: dict[str, Any]) -> str:
-    title = f"{keys['task']} {keys['arch']} {keys['precision']}, {keys['classes']} classes"
+    title = f"{keys['task']} {keys['arch']} {keys['precision']}"
+    if pd.notna(keys.get("classes")):
+        title += f", {keys['classes']} classes"
     if pd.notna(keys.get("fit")) and keys["fit"] != "fit_one_cycle":
         title += f", {keys['fit']}"
     if pd.notna(keys.get("later_stages")):
@@ -189,8 +203,8 @@ def _panel_title(keys: dict[str, Any]) -> str:
 
 
 def _cells(trials: pd.DataFrame, panel_keys: list[str]) -> pd.DataFrame:
-    """Return one cell per panel, image size and batch size: the worst status and the highest peak over its trials."""
-    keys = [*panel_keys, "image_size", "batch_size"]
+    """Return one cell per panel, input size and batch size: the worst status and the highest peak over its trials."""
+    keys = [*panel_keys, "input_size", "batch_size"]
     peak = trials["peak_reserved_bytes"].fillna(trials["peak_allocated_bytes"])
     frame = trials[[*keys, "status"]].assign(peak_bytes=peak)
     rows = []
@@ -287,7 +301,7 @@ def _card_section(
     if table is not None:
         lines += ["### Listed batch sizes (peak GiB)", "", markdown_table(table.reset_index()), ""]
     if heatmap is not None:
-        lines += [f"![{card}: peak memory by batch size and image size]({heatmap.name})", ""]
+        lines += [f"![{card}: peak memory by batch size and input size]({heatmap.name})", ""]
     return lines
 
 

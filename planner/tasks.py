@@ -24,7 +24,7 @@ TABULAR_ARCHITECTURE = "TabularModel"
 # Keys every entry may set, whatever its task.
 COMMON_KEYS = ("batch_size", "precision", "fit", "valid_batch_size", "grad_accumulation", "dataset_size")
 
-# The keys that say what a task's entry builds, besides batch_size.
+# The keys that define what a task's entry builds, besides batch_size.
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "classification": ("arch", "image_size"),
     "segmentation": ("arch", "image_size"),

@@ -1,10 +1,10 @@
 """Text trials: fastai's AWD_LSTM classifier and language model on synthetic token ids.
 
 The documents are token ids drawn at random, numericalized already, so no
-tokenizer runs. Every document is ``seq_len`` tokens long: a classifier batch
-is then as long as a batch of the dataset's longest documents can be, which
-is where a text fit's memory peaks (fastai's classifier skips padding rows
-chunk by chunk, so shorter documents in a batch cost less).
+tokenizer runs. Every document is ``seq_len`` tokens long, so each classifier
+batch is as large as a batch of a dataset's longest documents. That batch is
+where a text fit's memory peaks, because fastai's classifier skips padding
+rows chunk by chunk and shorter documents cost less.
 """
 
 from __future__ import annotations

@@ -158,7 +158,7 @@ def test_bad_entry_names_the_problem(entry: str, expected: str) -> None:
     assert problems_of(model_grid(entry)) == [expected]
 
 
-def test_factory_needing_an_argument_the_entry_does_not_give(tmp_path: Path) -> None:
+def test_factory_missing_argument(tmp_path: Path) -> None:
     (tmp_path / "needs_width.py").write_text("def make(batch_size, width):\n    raise AssertionError('not called')\n")
     grid = model_grid("{learner: needs_width:make, batch_size: 8}")
 
@@ -208,7 +208,8 @@ def test_text_and_tabular_expansion() -> None:
 
     language, longer, classifier, *tables = grid.points
     assert (language.seq_len, longer.seq_len, language.vocab_size, language.classes) == (72, 144, DEFAULT_VOCAB_SIZE, None)
-    assert language.image_size is None and language.scan_batches == 4
+    assert language.image_size is None
+    assert language.scan_batches == 4
     assert (classifier.vocab_size, classifier.classes, classifier.seq_len) == (1000, 5, 400)
     assert [(table.n_cat, table.layers) for table in tables] == [
         (0, (200, 100)),
@@ -216,7 +217,9 @@ def test_text_and_tabular_expansion() -> None:
         (3, (200, 100)),
         (3, (400,)),
     ]
-    assert tables[0].arch == "TabularModel" and tables[0].classes == 2 and tables[0].cardinality == 10
+    assert tables[0].arch == "TabularModel"
+    assert tables[0].classes == 2
+    assert tables[0].cardinality == 10
     assert tables[1].as_row()["layers"] == "400"
     assert tables[0].describe() == "tabular TabularModel 4 cont + 0 cat columns bs=64 fp32"
 
@@ -235,7 +238,8 @@ def test_batch_size_search_on_text_entry() -> None:
     grid = parse_grid(model_grid("{task: language_model, arch: AWD_LSTM, seq_len: 72, batch_size: auto, dataset_size: 100}"))
 
     [search] = grid.searches
-    assert search.dimension == "batch_size" and search.bounds.maximum == 100
+    assert search.dimension == "batch_size"
+    assert search.bounds.maximum == 100
     assert isinstance(search.point, TrialSpec) and search.point.seq_len == 72
 
 
@@ -254,4 +258,5 @@ def test_example_factory_grid_parses() -> None:
     grid = load_grid(EXAMPLES / "own_learner.yaml")
 
     assert {point.task for point in grid.points} == {"learner"}
-    assert len(grid.points) == 4 and len(grid.searches) == 1
+    assert len(grid.points) == 4
+    assert len(grid.searches) == 1

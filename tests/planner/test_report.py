@@ -154,7 +154,7 @@ def test_report_answer_lines(report):
     ) in lines
     assert "## card-16GiB" in lines
     assert "## T4" in lines
-    assert "![T4: peak memory by batch size and image size](heatmap-T4.png)" in lines
+    assert "![T4: peak memory by batch size and input size](heatmap-T4.png)" in lines
     assert "| classification | resnet50 | image_size=224 | fp32 | batch_size | 128 | 12.66 | 5 | 8:fits 64:fits 128:fits 136:over-headroom 144:over-headroom |" in lines
     assert "Prices per card-hour: card-16GiB 2, T4 0.35." in lines
     assert "## Assumptions" in lines
@@ -185,6 +185,26 @@ def test_heatmap_single_cell(tmp_path):
     assert plot_heatmap(trials, local.name, Headroom(), path)
     # One cell: width max(4.5, 0.75 + 2.5) = 4.5 in, height max(1.7, 0.45 + 1.3) + 0.8 = 2.55 in.
     assert imread(path).shape[:2] == (255, 450)
+
+
+def test_heatmap_text_tabular_and_factory_rows(tmp_path):
+    text = dict(task="text_classifier", arch="AWD_LSTM", classes=2, vocab_size=60000)
+    table = dict(task="tabular", arch="TabularModel", n_cont=8, n_cat=4, cardinality=10, layers="200,100")
+    factory = dict(task="learner", arch="reviews:make", classes=None, params="max_tokens=2000")
+    trials = results_frame(
+        [
+            trial_row(INLINE, 0, None, 16, "fits", 2 * GiB, seq_len=256, **text),
+            trial_row(INLINE, 1, None, 16, "oom", None, seq_len=1024, **text),
+            trial_row(INLINE, 2, None, 256, "fits", GiB, **table),
+            trial_row(INLINE, 3, None, 64, "fits", 3 * GiB, **factory),
+        ]
+    )
+    path = tmp_path / "tasks.png"
+
+    assert plot_heatmap(trials, INLINE.name, Headroom(), path)
+    # One batch size per panel: 4.5 in wide. Three panels: 2 sequence lengths
+    # (0.9 + 1.3 = 2.2 in), one table size and one factory point (1.75 in each), plus 0.8 in.
+    assert imread(path).shape[:2] == (650, 450)
 
 
 def test_report_without_sizing_or_searches(tmp_path):

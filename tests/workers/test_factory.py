@@ -37,7 +37,7 @@ def emulated(point: TrialSpec, card: Card = ROOMY):
     return run_trial(point, EmulatedBackend(card))
 
 
-def test_mostly_short_texts_report_the_peak_of_the_long_ones():
+def test_mixed_lengths_peak_of_long_texts():
     # 1% of the reviews are 1000 tokens long, the rest at most 60.
     mixed = emulated(spec(long_share=0.01, max_tokens=1000))
     only_long = emulated(spec(long_share=1.0, max_tokens=1000))
@@ -51,7 +51,7 @@ def test_mostly_short_texts_report_the_peak_of_the_long_ones():
     assert mixed.probe_batches.startswith("train: the 16 longest of 800 items (batch 16x1000, length 60-1000); ")
 
 
-def test_mixed_lengths_run_out_of_memory_where_long_ones_do():
+def test_mixed_lengths_oom_like_long_texts():
     tight = Card("tight", (emulated(spec(long_share=1.0, max_tokens=1000)).peak_reserved_bytes) - 8 * MiB)
 
     assert emulated(spec(long_share=0.0, max_tokens=1000), tight).status == "fits"
@@ -92,7 +92,7 @@ def test_simulated_factory_trial_agrees_with_emulated():
     assert traced.probe_batches == real.probe_batches
 
 
-def test_batch_larger_than_the_training_set_says_what_to_do():
+def test_batch_above_training_set_error():
     result = emulated(spec(batch_size=900, documents=1000))
 
     assert result.status == "error"
