@@ -60,18 +60,27 @@ NO_GPU_MESSAGE = (
 
 @dataclass(frozen=True)
 class ModelRow:
-    """One architecture at one image size and precision, run at each of several batch sizes."""
+    """One architecture at one input size and precision, run at each of several batch sizes."""
 
     task: str
     arch: str
-    image_size: int
+    image_size: int | None
     precision: str
     batch_sizes: tuple[int, ...]
-    classes: int
+    classes: int | None
+    seq_len: int | None = None  # text rows: tokens per sequence
+    vocab_size: int | None = None
 
     @property
     def label(self) -> str:
-        return f"{self.task} {self.arch} {self.image_size}px {self.precision}"
+        return f"{self.task} {self.arch} {_input_size(vars(self))} {self.precision}"
+
+
+def _input_size(values: dict[str, Any]) -> str:
+    """Return a row's input size: pixels for images, tokens for text."""
+    if values.get("image_size") is not None:
+        return f"{values['image_size']}px"
+    return f"{values['seq_len']} tokens"
 
 
 # Batch sizes are chosen so that predicted peaks cross the emulated cards'
@@ -89,14 +98,19 @@ GRID = (
     ModelRow("classification", "resnet50", 224, "fp16", (16, 32, 64, 128, 256, 512), 10),
     ModelRow("segmentation", "resnet34", 256, "fp32", (4, 8, 16, 32), 4),
     ModelRow("segmentation", "resnet34", 256, "fp16", (4, 8, 16, 32), 4),
+    # cuDNN's LSTM keeps a reserve space and a flat copy of the weights that
+    # neither CPU backend allocates: these rows measure how far off that is.
+    ModelRow("language_model", "AWD_LSTM", None, "fp32", (16, 64, 256), None, seq_len=72, vocab_size=60000),
+    ModelRow("text_classifier", "AWD_LSTM", None, "fp16", (16, 64), 2, seq_len=720, vocab_size=60000),
 )
 
-# Six points from GRID. Two are predicted to run out on the smallest emulated
+# Seven points from GRID. Two are predicted to run out on the smallest emulated
 # card only, and resnet18 fp16 at 256 is predicted to just fit it.
 QUICK_GRID = (
     ModelRow("classification", "resnet18", 224, "fp32", (64, 256), 10),
     ModelRow("classification", "resnet18", 224, "fp16", (64, 256), 10),
     ModelRow("segmentation", "resnet34", 256, "fp16", (8, 32), 4),
+    ModelRow("language_model", "AWD_LSTM", None, "fp32", (64,), None, seq_len=72, vocab_size=60000),
 )
 
 # Catalog cards emulated on the GPU, smallest first, each with about twice the
@@ -112,6 +126,7 @@ COLUMNS = (
     "task",
     "arch",
     "image_size",
+    "seq_len",
     "precision",
     "batch_size",
     "card",
@@ -136,6 +151,7 @@ MAX_BATCH_COLUMNS = (
     "task",
     "arch",
     "image_size",
+    "seq_len",
     "precision",
     "card",
     "predicted_max_batch_size",
@@ -400,6 +416,7 @@ def base_row(row: ModelRow, batch_size: int, target: Target) -> dict[str, Any]:
         task=row.task,
         arch=row.arch,
         image_size=row.image_size,
+        seq_len=row.seq_len,
         precision=row.precision,
         batch_size=batch_size,
         card=target.name,
@@ -476,6 +493,8 @@ def run_point(
         batch_size=batch_size,
         precision=row.precision,
         classes=row.classes,
+        seq_len=row.seq_len,
+        vocab_size=row.vocab_size,
     )
     rows = [base_row(row, batch_size, target) for target in targets]
     predictions = run_simulated_trial(spec, [target.simulated_card for target in targets])
@@ -564,8 +583,8 @@ def max_batch_rows(rows: list[dict[str, Any]], grid: tuple[ModelRow, ...], cards
                 values
                 for values in rows
                 if values["card"] == card
-                and (values["task"], values["arch"], values["image_size"], values["precision"])
-                == (model.task, model.arch, model.image_size, model.precision)
+                and (values["task"], values["arch"], values["image_size"], values["seq_len"], values["precision"])
+                == (model.task, model.arch, model.image_size, model.seq_len, model.precision)
             ]
             predicted = max_batch_text({values["batch_size"]: values["predicted_status"] for values in matching})
             measured = max_batch_text({values["batch_size"]: values["measured_status"] for values in matching})
@@ -580,6 +599,7 @@ def max_batch_rows(rows: list[dict[str, Any]], grid: tuple[ModelRow, ...], cards
                     task=model.task,
                     arch=model.arch,
                     image_size=model.image_size,
+                    seq_len=model.seq_len,
                     precision=model.precision,
                     card=card,
                     predicted_max_batch_size=predicted,
@@ -641,7 +661,7 @@ def markdown_report(
         note = note_lines[0] if note_lines else ""
         body.append(
             [
-                f"{values['task']} {values['arch']} {values['image_size']}px {values['precision']} bs {values['batch_size']}",
+                _point_key(values),
                 values["card"],
                 _gib(values["capacity_bytes"]),
                 _status_cell(values["predicted_status"], values["predicted_peak_reserved_bytes"]),
@@ -659,7 +679,7 @@ def markdown_report(
     header = ["model row", "card", "predicted", "measured", "agrees"]
     body = [
         [
-            f"{values['task']} {values['arch']} {values['image_size']}px {values['precision']}",
+            f"{values['task']} {values['arch']} {_input_size(values)} {values['precision']}",
             values["card"],
             values["predicted_max_batch_size"],
             values["measured_max_batch_size"],
@@ -685,7 +705,7 @@ def markdown_report(
 
 
 def _point_key(values: dict[str, Any]) -> str:
-    return f"{values['task']} {values['arch']} {values['image_size']}px {values['precision']} bs {values['batch_size']}"
+    return f"{values['task']} {values['arch']} {_input_size(values)} {values['precision']} bs {values['batch_size']}"
 
 
 def _environment_lines(
