@@ -100,7 +100,7 @@ _CUBLAS_WORKSPACE_SOURCE = (
 )
 
 
-def _cublas_workspace_bytes(compute_capability: tuple[int, int]) -> int:
+def cublas_workspace_bytes(compute_capability: tuple[int, int]) -> int:
     """Return the default cuBLAS plus cuBLASLt workspace of one PyTorch handle.
 
     NOTE: PyTorch allocates both workspaces through its caching allocator, so
@@ -171,7 +171,7 @@ def _card(
         memory_bytes=memory_bytes,
         compute_capability=compute_capability,
         cuda_context_bytes=_CUDA_CONTEXT_ESTIMATE_BYTES[compute_capability],
-        cublas_workspace_bytes=_cublas_workspace_bytes(compute_capability),
+        cublas_workspace_bytes=cublas_workspace_bytes(compute_capability),
         estimated=estimated,
         sources=(
             *memory_sources,

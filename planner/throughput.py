@@ -144,10 +144,10 @@ def build_meta_model(task: str, arch: str, classes: int, image_size: int):
     from fastai.vision.learner import create_unet_model, create_vision_model
     from torchvision import models
 
-    from workers.learners import _parameters_on_meta  # the simulated backend builds its models the same way
+    from workers.learners import parameters_on_meta  # the simulated backend builds its models the same way
 
     architecture = getattr(models, arch)
-    with _parameters_on_meta():
+    with parameters_on_meta():
         if task == "classification":
             return create_vision_model(architecture, classes, pretrained=False)
         return create_unet_model(architecture, classes, (image_size, image_size), pretrained=False)

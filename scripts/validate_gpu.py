@@ -266,9 +266,9 @@ def workspace_bytes_for(compute_capability: tuple[int, int]) -> int:
     """Return one cuBLAS handle's workspace on a GPU of ``compute_capability``, by the catalog's rule."""
     # The rule (32 MiB on 9.0, about 8 MiB otherwise, plus 1 MiB for
     # cuBLASLt) and its source are in planner/catalog.py.
-    from planner.catalog import _cublas_workspace_bytes
+    from planner.catalog import cublas_workspace_bytes
 
-    return _cublas_workspace_bytes(compute_capability)
+    return cublas_workspace_bytes(compute_capability)
 
 
 def emulated_targets(environment: Environment) -> list[Target]:

@@ -89,7 +89,7 @@ def build_learner(spec: TrialSpec, dls) -> Learner:
     weight initialisation and fastai's shape probes compute nothing.
     """
     if dls.device is not None and torch.device(dls.device).type == "meta":
-        with _parameters_on_meta(), _one_item_batches(dls):
+        with parameters_on_meta(), _one_item_batches(dls):
             learn = _create_learner(spec, dls)
     else:
         learn = _create_learner(spec, dls)
@@ -112,7 +112,7 @@ def _create_learner(spec: TrialSpec, dls) -> Learner:
 
 
 @contextlib.contextmanager
-def _parameters_on_meta() -> Iterator[None]:
+def parameters_on_meta() -> Iterator[None]:
     """Move every parameter and buffer that a module registers inside the block to the meta device.
 
     Unlike ``torch.device("meta")``, this leaves other tensors on the CPU, so
