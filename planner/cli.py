@@ -112,6 +112,8 @@ def format_search_table(card: str, frame: pd.DataFrame, table: pd.DataFrame, hea
     lines = [header, table.to_string()]
     for warning in rows["warning"].dropna():
         lines.append(f"warning: {warning}")
+    for row in rows[rows["error"].notna()].itertuples():
+        lines.append(f"ERR {row.task} {row.arch} {row.fixed}: {row.error}")
     return "\n".join(lines) + "\n"
 
 

@@ -62,7 +62,7 @@ def load_factory(name: str, search_paths: tuple[str, ...] = ()) -> Callable[...,
     if function is None:
         raise FactoryError(f"module {module_name!r} has no attribute {function_name!r}")
     if not callable(function):
-        raise FactoryError(f"{name!r} is a {type(function).__name__}, not a function that returns a Learner")
+        raise FactoryError(f"{name!r} is not callable (its type is {type(function).__name__}): it must be a function that returns a Learner")
     return function
 
 

@@ -85,7 +85,7 @@ _DIMENSIONS = (
 FITS = ("fit_one_cycle", "fine_tune", "lr_find")
 _STAGE_KEYS = ("image_size", "batch_size")
 _AUTO_KEYS = ("auto", "min", "max", "multiple_of")
-SEARCHABLE = ("batch_size", "image_size")
+SEARCHABLE = ("batch_size", "image_size", "seq_len")
 # Scalar types a params value may have: they travel to workers and into tables.
 _PARAM_TYPES = (bool, int, float, str)
 
@@ -173,7 +173,8 @@ class TrialSpec:
         if self.task in TEXT_TASKS:
             size = f"{self.seq_len} tokens"
         elif self.task == "tabular":
-            size = f"{self.n_cont} cont + {self.n_cat} cat columns"
+            layers = ",".join(str(width) for width in self.layers or ())
+            size = f"{self.n_cont} cont + {self.n_cat} cat columns x {self.cardinality}, layers {layers}"
         elif self.image_size is not None:
             size = f"{self.image_size}px"
         else:
@@ -215,12 +216,14 @@ class AutoRange:
     capped_by: str | None = None  # "dataset_size" when the dataset, not max, set the maximum
 
 
-# Defaults of `batch_size: auto` and `image_size: auto`. Batches start at 2
-# because batch norm cannot train on one sample per channel. Image sizes step
-# by 32 pixels, the output stride of most torchvision backbones.
+# Defaults of `batch_size: auto`, `image_size: auto` and `seq_len: auto`.
+# Batches start at 2 because batch norm cannot train on one sample per
+# channel. Image sizes step by 32 pixels, the output stride of most
+# torchvision backbones. Sequence lengths step by 8 tokens.
 AUTO_DEFAULTS = {
     "batch_size": AutoRange(2, 4096, 1),
     "image_size": AutoRange(32, 1024, 32),
+    "seq_len": AutoRange(8, 16384, 8),
 }
 
 
@@ -232,7 +235,7 @@ class SearchSpec:
     """
 
     point: TrialSpec
-    dimension: Literal["batch_size", "image_size"]
+    dimension: Literal["batch_size", "image_size", "seq_len"]
     bounds: AutoRange
 
 
@@ -835,10 +838,8 @@ def _parse_searched(
     allowed = allowed_keys(task)
     searched = [key for key in SEARCHABLE if key in entry and key in allowed and _is_auto(entry[key])]
     if len(searched) > 1:
-        problems.append(
-            f"{place} sets both batch_size and image_size to auto: search one of them, "
-            f"with the other fixed"
-        )
+        keys = " and ".join(searched) if len(searched) == 2 else ", ".join(searched)
+        problems.append(f"{place} sets both {keys} to auto: search one of them, with the other fixed")
         return None, None, True
     if not searched:
         return None, None, False

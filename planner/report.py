@@ -178,21 +178,33 @@ def plot_heatmap(trials: pd.DataFrame, card: str, headroom: Headroom, path: Path
 
 
 def _input_size(row: Any) -> tuple[int, str]:
-    """Return a row's input size as a sort rank and a label: pixels, tokens, columns or factory parameters."""
+    """Return a row's input size as a sort rank and a label naming every size key it sets.
+
+    Pixels, tokens or columns rank the rows; the label also names the
+    vocabulary, cardinality, layers and factory parameters, so that rows
+    that differ only in those stay apart.
+    """
+    parts, rank = [], 0
     if pd.notna(row.image_size):
-        return int(row.image_size), f"{int(row.image_size)} px"
+        rank = int(row.image_size)
+        parts.append(f"{rank} px")
     if pd.notna(row.seq_len):
-        return int(row.seq_len), f"{int(row.seq_len)} tokens"
+        rank = int(row.seq_len)
+        parts.append(f"{rank} tokens")
+    if pd.notna(row.vocab_size):
+        parts.append(f"vocab {int(row.vocab_size)}")
     if pd.notna(row.n_cont):
-        columns = int(row.n_cont) + int(row.n_cat)
-        return columns, f"{int(row.n_cont)} cont, {int(row.n_cat)} cat, layers {row.layers}"
-    return 0, str(row.params) if pd.notna(row.params) else "-"
+        rank = int(row.n_cont) + int(row.n_cat)
+        parts.append(f"{int(row.n_cont)} cont, {int(row.n_cat)} cat x {int(row.cardinality)}, layers {row.layers}")
+    if pd.notna(row.params):
+        parts.append(str(row.params))
+    return rank, ", ".join(parts) or "-"
 
 
 def _panel_title(keys: dict[str, Any]) -> str:
     title = f"{keys['task']} {keys['arch']} {keys['precision']}"
     if pd.notna(keys.get("classes")):
-        title += f", {keys['classes']} classes"
+        title += f", {int(keys['classes'])} classes"
     if pd.notna(keys.get("fit")) and keys["fit"] != "fit_one_cycle":
         title += f", {keys['fit']}"
     if pd.notna(keys.get("later_stages")):

@@ -119,8 +119,7 @@ def run_plan(
     if report is not None:
         from planner.report import write_report
 
-        written = write_report(report, trials=frame, searches=searches, sizing=sizing, headroom=grid.headroom, grid=grid)
-        logger.info("wrote the report to %s (%d files)", report, len(written))
+        write_report(report, trials=frame, searches=searches, sizing=sizing, headroom=grid.headroom, grid=grid)
     return code
 
 

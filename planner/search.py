@@ -17,7 +17,7 @@ from typing import Literal
 from planner.cards import Card
 from planner.grid import AutoRange, SearchSpec
 
-Dimension = Literal["batch_size", "image_size"]
+Dimension = Literal["batch_size", "image_size", "seq_len"]
 
 # The second size probed when only the smallest is known: far enough from it
 # that the slope between the two is not dominated by the weights' fixed cost.
@@ -70,7 +70,9 @@ class SizeSearch:
         return max(self.bounds.minimum, min(snapped, self.bounds.maximum))
 
     def _feature(self, size: int) -> float:
-        # Activations scale with the batch, and with the pixel count of an image.
+        # Activations scale with the batch, the pixel count of an image and
+        # the length of a sequence. NOTE: attention's scores grow with the
+        # square of the length; the recurrent models planned here grow linearly.
         return float(size * size) if self.dimension == "image_size" else float(size)
 
     def _size_for(self, feature: float) -> float:

@@ -41,8 +41,9 @@ def batch_elements(batch: Any) -> int:
 
 
 def _shape(batch: Any) -> str:
+    """Return the shapes of a batch's tensors, for example ``16x1000 + 16``."""
     tensors = [leaf for leaf in tree_leaves(batch) if isinstance(leaf, torch.Tensor)]
-    return "x".join(str(size) for size in tensors[0].shape) if tensors else "?"
+    return " + ".join("x".join(str(size) for size in tensor.shape) or "scalar" for tensor in tensors) or "?"
 
 
 def find_largest_batch(loader: Any, scan_batches: int, name: str) -> LargestBatch:

@@ -51,6 +51,9 @@ class FitOutcome:
     error: str | None
     seconds: float
     samples_per_second: float | None = None  # measured trials only: CPU backends' speed does not predict a GPU's
+    # False when the trial failed before its fit started: building the
+    # Learner or reading a factory's batches, which no backend changes.
+    started: bool = True
     probe_batches: str | None = None  # a learner factory's trial: which batches it fed, and how they were found
 
     @property
@@ -75,6 +78,7 @@ def fit_trial(spec: TrialSpec, backend) -> tuple[FitOutcome, StageCallback]:
     valid_batch_size = None
     learn = None
     probe_batches = None
+    started = False
     try:
         if spec.task == LEARNER_TASK:
             # The simulated backend's device is meta; the factory's loaders build host batches to fake.
@@ -95,6 +99,7 @@ def fit_trial(spec: TrialSpec, backend) -> tuple[FitOutcome, StageCallback]:
         learn.remove_cb(ProgressCallback)
         backend.prepare(learn)
         callbacks = [stage, stop] + ([timer] if timer else [])
+        started = True
         with _cpu_rnn_kernels(learn.model, backend), backend.tracking(learn, lambda: stage.position):
             _run_fits(spec, learn, backend, callbacks)
         if min(stop.steps_per_fit, default=0) < 2:
@@ -129,6 +134,7 @@ def fit_trial(spec: TrialSpec, backend) -> tuple[FitOutcome, StageCallback]:
         error=message,
         seconds=time.perf_counter() - started,
         samples_per_second=timer.samples_per_second if timer is not None and status == "fits" else None,
+        started=started,
         probe_batches=probe_batches,
     )
     return outcome, stage
@@ -243,7 +249,7 @@ def run_simulated_trial(spec: TrialSpec, cards: list[Card]) -> list[TrialResult]
     outcome, stage = fit_trial(spec, backend)
     backend.release()
     if outcome.status != "fits":
-        reason = f"cannot be simulated: {outcome.error}"
+        reason = f"cannot be simulated: {outcome.error}" if outcome.started else outcome.error
         return [
             TrialResult(status="error", backend=backend.name, seconds=outcome.seconds, error=reason) for _ in cards
         ]

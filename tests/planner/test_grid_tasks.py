@@ -111,7 +111,8 @@ BAD_ENTRIES = [
     ),
     pytest.param(
         "{learner: own_learner:PAD, batch_size: 8}",
-        "models[0].learner is 'own_learner:PAD', but 'own_learner:PAD' is a int, not a function that returns a Learner",
+        "models[0].learner is 'own_learner:PAD', but 'own_learner:PAD' is not callable (its type is int): "
+        "it must be a function that returns a Learner",
         id="learner_not_callable",
     ),
     pytest.param(
@@ -221,7 +222,7 @@ def test_text_and_tabular_expansion() -> None:
     assert tables[0].classes == 2
     assert tables[0].cardinality == 10
     assert tables[1].as_row()["layers"] == "400"
-    assert tables[0].describe() == "tabular TabularModel 4 cont + 0 cat columns bs=64 fp32"
+    assert tables[0].describe() == "tabular TabularModel 4 cont + 0 cat columns x 10, layers 200,100 bs=64 fp32"
 
 
 def test_default_layers_match_fastai() -> None:

@@ -196,15 +196,17 @@ def test_heatmap_text_tabular_and_factory_rows(tmp_path):
             trial_row(INLINE, 0, None, 16, "fits", 2 * GiB, seq_len=256, **text),
             trial_row(INLINE, 1, None, 16, "oom", None, seq_len=1024, **text),
             trial_row(INLINE, 2, None, 256, "fits", GiB, **table),
-            trial_row(INLINE, 3, None, 64, "fits", 3 * GiB, **factory),
+            # Differs from the row above only in cardinality: a row of its own.
+            trial_row(INLINE, 3, None, 256, "oom", None, **{**table, "cardinality": 5000}),
+            trial_row(INLINE, 4, None, 64, "fits", 3 * GiB, **factory),
         ]
     )
     path = tmp_path / "tasks.png"
 
     assert plot_heatmap(trials, INLINE.name, Headroom(), path)
-    # One batch size per panel: 4.5 in wide. Three panels: 2 sequence lengths
-    # (0.9 + 1.3 = 2.2 in), one table size and one factory point (1.75 in each), plus 0.8 in.
-    assert imread(path).shape[:2] == (650, 450)
+    # One batch size per panel: 4.5 in wide. Three panels: 2 sequence lengths and
+    # 2 cardinalities (0.9 + 1.3 = 2.2 in each), one factory point (1.75 in), plus 0.8 in.
+    assert imread(path).shape[:2] == (695, 450)
 
 
 def test_report_without_sizing_or_searches(tmp_path):

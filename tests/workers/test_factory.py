@@ -48,7 +48,7 @@ def test_mixed_lengths_peak_of_long_texts():
     # reviews is as large as a batch of long reviews only.
     assert mixed.peak_reserved_bytes == only_long.peak_reserved_bytes
     assert mixed.peak_allocated_bytes > 1.5 * only_short.peak_allocated_bytes
-    assert mixed.probe_batches.startswith("train: the 16 longest of 800 items (batch 16x1000, length 60-1000); ")
+    assert mixed.probe_batches.startswith("train: the 16 longest of 800 items (batch 16x1000 + 16, length 60-1000); ")
 
 
 def test_mixed_lengths_oom_like_long_texts():
@@ -75,7 +75,7 @@ def test_plain_loader_is_scanned_for_its_largest_batch():
 
     assert too_few.probe_batches.startswith("train: batch ")
     assert "the largest of 5 of 50 batches scanned" in too_few.probe_batches
-    assert scanned.probe_batches.startswith("train: batch 6 (16x1000, 16,016 elements), the largest of all 50 batches scanned")
+    assert scanned.probe_batches.startswith("train: batch 6 (16x1000 + 16, 16,016 elements), the largest of all 50 batches scanned")
     # The scan found a batch as large as the one SortedDL builds from its longest reviews.
     assert scanned.peak_reserved_bytes == sorted_loader.peak_reserved_bytes
     assert too_few.peak_allocated_bytes < scanned.peak_allocated_bytes
@@ -93,13 +93,19 @@ def test_simulated_factory_trial_agrees_with_emulated():
 
 
 def test_batch_above_training_set_error():
-    result = emulated(spec(batch_size=900, documents=1000))
-
-    assert result.status == "error"
-    assert result.error == (
+    point = spec(batch_size=900, documents=1000)
+    expected = (
         "ValueError: the train DataLoader has 800 items, fewer than one batch of 900, and drops the last partial "
         "batch: lower batch_size, or set dataset_size: 800 on the model entry so that a search stays below it"
     )
+
+    result = emulated(point)
+    [traced] = run_simulated_trial(point, [ROOMY])
+
+    assert result.status == "error"
+    assert result.error == expected
+    # The factory's data fails on any backend: not a simulation problem.
+    assert traced.error == expected
 
 
 def test_dataset_of_one_batch_still_steps_twice():
