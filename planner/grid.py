@@ -223,7 +223,7 @@ class AutoRange:
 AUTO_DEFAULTS = {
     "batch_size": AutoRange(2, 4096, 1),
     "image_size": AutoRange(32, 1024, 32),
-    "seq_len": AutoRange(8, 16384, 8),
+    "seq_len": AutoRange(8, 4096, 8),
 }
 
 

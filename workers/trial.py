@@ -78,7 +78,7 @@ def fit_trial(spec: TrialSpec, backend) -> tuple[FitOutcome, StageCallback]:
     valid_batch_size = None
     learn = None
     probe_batches = None
-    started = False
+    fit_started = False
     try:
         if spec.task == LEARNER_TASK:
             # The simulated backend's device is meta; the factory's loaders build host batches to fake.
@@ -99,7 +99,7 @@ def fit_trial(spec: TrialSpec, backend) -> tuple[FitOutcome, StageCallback]:
         learn.remove_cb(ProgressCallback)
         backend.prepare(learn)
         callbacks = [stage, stop] + ([timer] if timer else [])
-        started = True
+        fit_started = True
         with _cpu_rnn_kernels(learn.model, backend), backend.tracking(learn, lambda: stage.position):
             _run_fits(spec, learn, backend, callbacks)
         if min(stop.steps_per_fit, default=0) < 2:
@@ -134,7 +134,7 @@ def fit_trial(spec: TrialSpec, backend) -> tuple[FitOutcome, StageCallback]:
         error=message,
         seconds=time.perf_counter() - started,
         samples_per_second=timer.samples_per_second if timer is not None and status == "fits" else None,
-        started=started,
+        started=fit_started,
         probe_batches=probe_batches,
     )
     return outcome, stage

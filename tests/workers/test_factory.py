@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -84,9 +85,14 @@ def test_plain_loader_is_scanned_for_its_largest_batch():
 def test_simulated_factory_trial_agrees_with_emulated():
     point = spec(long_share=0.02, max_tokens=500, batch_size=32)
 
+    began = time.perf_counter()
     real = emulated(point)
     [traced] = run_simulated_trial(point, [ROOMY])
+    wall = time.perf_counter() - began
 
+    # Each trial's duration is part of the time both took.
+    assert 0 < real.seconds < wall
+    assert 0 < traced.seconds < wall
     assert traced.status == real.status == "fits"
     assert traced.peak_allocated_bytes == pytest.approx(real.peak_allocated_bytes, rel=0.01)
     assert traced.probe_batches == real.probe_batches
