@@ -261,3 +261,20 @@ def test_example_factory_grid_parses() -> None:
     assert {point.task for point in grid.points} == {"learner"}
     assert len(grid.points) == 4
     assert len(grid.searches) == 1
+
+
+def test_seq_len_search_bounds() -> None:
+    grid = parse_grid(model_grid("{task: language_model, arch: AWD_LSTM, seq_len: auto, batch_size: 32}"))
+
+    [search] = grid.searches
+    assert search.dimension == "seq_len"
+    assert (search.bounds.minimum, search.bounds.maximum, search.bounds.multiple_of) == (8, 4096, 8)
+    assert search.point.batch_size == 32
+
+
+def test_two_searched_keys_rejected() -> None:
+    entry = "{task: text_classifier, arch: AWD_LSTM, seq_len: auto, batch_size: auto}"
+
+    assert problems_of(model_grid(entry)) == [
+        "models[0] sets both batch_size and seq_len to auto: search one of them, with the other fixed"
+    ]
