@@ -607,8 +607,10 @@ def _parse_model(
     searched, bounds, invalid = _parse_searched(entry, place, task, problems)
     values: dict[str, list[Any]] = {}
     for key in _DIMENSIONS:
-        if key not in entry or key not in allowed or key == searched or (stages is not None and key in _STAGE_KEYS):
+        if key not in entry or key not in allowed or (stages is not None and key in _STAGE_KEYS):
             continue
+        if key in SEARCHABLE and _is_auto(entry[key]):
+            continue  # a search, parsed above
         items = _dimension_values(entry, key, place, problems)
         if items is None:
             invalid = True
