@@ -180,9 +180,9 @@ def plot_heatmap(trials: pd.DataFrame, card: str, headroom: Headroom, path: Path
 def _input_size(row: Any) -> tuple[int, str]:
     """Return a row's input size as a sort rank and a label naming every size key it sets.
 
-    Pixels, tokens or columns rank the rows; the label also names the
-    vocabulary, cardinality, layers and factory parameters, so that rows
-    that differ only in those stay apart.
+    Pixels, tokens or columns rank the rows. The label also names the
+    vocabulary, cardinality, layers and factory parameters, so rows that
+    differ only in those stay apart.
     """
     parts, rank = [], 0
     if pd.notna(row.image_size):

@@ -1,8 +1,8 @@
 """Probe a user's DataLoaders with their largest batches instead of whatever comes first.
 
 A batch of a real dataset can be much larger than the first one the loader
-yields, for example a batch of the longest documents of a text dataset, or of
-the biggest images of a dataset without a fixed image size. A fit's memory peaks on the largest batch, so
+yields. Examples are a batch of a text dataset's longest documents, or of the
+biggest images of a dataset without a fixed image size. A fit's memory peaks on the largest batch, so
 a trial finds it and feeds it for every batch of the fit:
 
 - fastai's ``SortedDL`` (text) knows every item's length, so the batch is its
