@@ -20,6 +20,7 @@ from planner.cards import format_bytes
 from planner.driver import Assignment, PlanError
 from planner.grid import Grid, GridError, Headroom, load_grid, parse_grid
 from planner.output import OutputError, check_output_path
+from planner.tables import cell_unit
 from workers.results import TrialResult
 
 logger = logging.getLogger("planner")
@@ -138,9 +139,10 @@ def format_card_table(card: str, frame: pd.DataFrame, table: pd.DataFrame, headr
     overhead = int(rows["card_overhead_bytes"].iloc[0])
     backends = ", ".join(sorted(rows["backend"].dropna().unique()))
     measured = "peak reserved" if rows["peak_reserved_bytes"].notna().any() else "peak allocated"
+    unit, _ = cell_unit(rows)
     header = (
         f"{card}: {format_bytes(memory)}, {format_bytes(memory - overhead)} for trials ({backends}); "
-        f"cells are {measured} in GiB"
+        f"cells are {measured} in {unit}"
     )
     if headroom is not None and (headroom.fraction or headroom.nbytes):
         header += f"; the last column leaves {headroom.describe()} free"

@@ -25,7 +25,7 @@ import pandas as pd
 from planner.cards import GiB, format_bytes
 from planner.grid import Grid, Headroom
 from planner.sizing import GPU_COUNTS, SizingSpec, worst_status
-from planner.tables import card_tables, search_tables
+from planner.tables import card_tables, cell_unit, search_tables
 from planner.throughput import DEFAULT_UTILIZATION, peak_for
 
 logger = logging.getLogger("planner")
@@ -311,7 +311,8 @@ def _card_section(
     if searches is not None and (searches["card"] == card).any():
         lines += ["### Largest size found by search", "", markdown_table(search_tables(searches)[card].reset_index()), ""]
     if table is not None:
-        lines += ["### Listed batch sizes (peak GiB)", "", markdown_table(table.reset_index()), ""]
+        unit, _ = cell_unit(rows)
+        lines += [f"### Listed batch sizes (peak {unit})", "", markdown_table(table.reset_index()), ""]
     if heatmap is not None:
         lines += [f"![{card}: peak memory by batch size and input size]({heatmap.name})", ""]
     return lines

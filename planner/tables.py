@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from planner.cards import GiB
+from planner.cards import GiB, MiB
 from planner.grid import Headroom
 from planner.search import SearchOutcome
 from planner.driver import Assignment
@@ -167,7 +167,19 @@ def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return frame.sort_values(order, kind="stable").reset_index(drop=True)
 
 
-def _cell(row: pd.Series) -> str:
+def cell_unit(frame: pd.DataFrame) -> tuple[str, int]:
+    """Return the unit of a card table's cells: MiB when every listed trial's peak is below 1 GiB, else GiB.
+
+    Small models (tables, small text models) would otherwise read 0.00 everywhere.
+    """
+    listed = frame[frame["search"].isna()]
+    peaks = listed["peak_reserved_bytes"].fillna(listed["peak_allocated_bytes"]).dropna()
+    if len(peaks) and peaks.max() < GiB:
+        return "MiB", MiB
+    return "GiB", GiB
+
+
+def _cell(row: pd.Series, unit_bytes: int) -> str:
     if row["status"] == "oom":
         return "OOM"
     if row["status"] != "fits":
@@ -175,7 +187,7 @@ def _cell(row: pd.Series) -> str:
     peak = row["peak_reserved_bytes"]
     if pd.isna(peak):
         peak = row["peak_allocated_bytes"]
-    return f"{peak / GiB:.2f}"
+    return f"{peak / unit_bytes:.2f}" if unit_bytes == GiB else f"{peak / unit_bytes:.0f}"
 
 
 def _within_headroom(frame: pd.DataFrame, headroom: Headroom) -> pd.Series:
@@ -190,8 +202,8 @@ def _within_headroom(frame: pd.DataFrame, headroom: Headroom) -> pd.Series:
 def card_tables(frame: pd.DataFrame, *, headroom: Headroom = Headroom()) -> dict[str, pd.DataFrame]:
     """Return one table per card: rows are task/arch/image size/precision, columns batch sizes.
 
-    Cells hold peak memory in GiB (peak reserved where the backend measures
-    it, else peak allocated), ``OOM`` or ``ERR``. The last column is the
+    Cells hold peak memory in the unit ``cell_unit`` picks for the card (peak
+    reserved where the backend measures it, else peak allocated), ``OOM`` or ``ERR``. The last column is the
     largest batch size that fitted in each row and left ``headroom`` free.
     Search probes are left out: ``search_tables`` shows their answers.
     """
@@ -204,7 +216,8 @@ def card_tables(frame: pd.DataFrame, *, headroom: Headroom = Headroom()) -> dict
         keys = _row_keys(group)
         # pivot_table drops rows whose keys are missing: fill them.
         group = group.assign(**{key: group[key].fillna(OPTIONAL_ROW_KEYS[key]) for key in OPTIONAL_ROW_KEYS})
-        cells = group.assign(cell=group.apply(_cell, axis=1))
+        _, unit_bytes = cell_unit(group)
+        cells = group.assign(cell=group.apply(_cell, axis=1, unit_bytes=unit_bytes))
         # Size keys a row does not use are missing: keep those rows (dropna=False).
         table = cells.groupby([*keys, "batch_size"], dropna=False)["cell"].first().unstack("batch_size")
         table = table.reindex(sorted(table.columns), axis=1).fillna("")
