@@ -141,7 +141,12 @@ def plot_heatmap(trials: pd.DataFrame, card: str, headroom: Headroom, path: Path
     panels = list(cells.groupby(panel_keys, dropna=False, sort=True))
 
     columns = max(len(panel["batch_size"].unique()) for _, panel in panels)
-    width = min(max(4.5, 0.75 * columns + 2.5), 24.0)
+    # Row labels longer than an image size's ("128 px") and panel titles wider
+    # than their panel need room, or the colour bar covers them: about 0.07 in
+    # per character at these font sizes.
+    label = max(len(size[1]) for size in cells["input_size"])
+    title = max(len(_panel_title(dict(zip(panel_keys, keys)))) for keys, _ in panels)
+    width = min(max(4.5, 0.75 * columns + 2.5 + 0.07 * max(0, label - 8), 0.07 * title + 1.6), 24.0)
     heights = [max(1.7, 0.45 * len(panel["input_size"].unique()) + 1.3) for _, panel in panels]
     # 0.8 in above the panels leaves room for the two-line title.
     figure = Figure(figsize=(width, sum(heights) + 0.8), dpi=100, layout="constrained")

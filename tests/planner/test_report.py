@@ -204,9 +204,10 @@ def test_heatmap_text_tabular_and_factory_rows(tmp_path):
     path = tmp_path / "tasks.png"
 
     assert plot_heatmap(trials, INLINE.name, Headroom(), path)
-    # One batch size per panel: 4.5 in wide. Three panels: 2 sequence lengths and
+    # One batch size per panel, and the 36-character label "8 cont, 4 cat x 5000, layers 200,100":
+    # 0.75 + 2.5 + 0.07 x (36 - 8) = 5.21 in wide. Three panels: 2 sequence lengths and
     # 2 cardinalities (0.9 + 1.3 = 2.2 in each), one factory point (1.75 in), plus 0.8 in.
-    assert imread(path).shape[:2] == (695, 450)
+    assert imread(path).shape[:2] == (695, 521)
 
 
 def test_report_without_sizing_or_searches(tmp_path):
