@@ -23,6 +23,7 @@ from planner.tasks import (
     DEFAULT_CLASSES,
     DEFAULT_LAYERS,
     DEFAULT_VOCAB_SIZE,
+    INPUT_SIZE_KEYS,
     LEARNER_TASK,
     TABULAR_ARCHITECTURE,
     TASKS,
@@ -165,8 +166,7 @@ class TrialSpec:
     def size_fields(self) -> dict[str, Any]:
         """Return the fields, other than batch_size, that size this point's inputs and model, where set."""
         row = self.as_row()
-        keys = ("image_size", "seq_len", "vocab_size", "n_cont", "n_cat", "cardinality", "layers", "params")
-        return {key: row[key] for key in keys if row[key] is not None}
+        return {key: row[key] for key in ("image_size", *INPUT_SIZE_KEYS) if row[key] is not None}
 
     def describe(self) -> str:
         """Return the point in a few words: task, model, input size, batch size and precision."""

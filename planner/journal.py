@@ -20,6 +20,7 @@ from typing import Any
 
 from planner.output import read_results, write_results
 from planner.tables import results_frame
+from planner.tasks import INPUT_SIZE_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +38,7 @@ KEY_COLUMNS = (
     "later_stages",
     "requested_valid_batch_size",
     "grad_accumulation",
-    "seq_len",
-    "vocab_size",
-    "n_cont",
-    "n_cat",
-    "cardinality",
-    "layers",
-    "params",
+    *INPUT_SIZE_KEYS,
     "scan_batches",
     "card",
     "card_memory_bytes",

@@ -10,6 +10,7 @@ import pandas as pd
 from planner.cards import GiB, MiB
 from planner.grid import Headroom
 from planner.search import SearchOutcome
+from planner.tasks import INPUT_SIZE_KEYS
 from planner.driver import Assignment
 from workers.results import TrialResult
 
@@ -38,13 +39,7 @@ COLUMNS = [
     "grad_accumulation",
     "effective_batch_size",
     "requested_valid_batch_size",
-    "seq_len",
-    "vocab_size",
-    "n_cont",
-    "n_cat",
-    "cardinality",
-    "layers",
-    "params",
+    *INPUT_SIZE_KEYS,
     "probe_batches",
     "peak_stage",
     "train_batches",
@@ -121,7 +116,7 @@ ROW_KEYS = ["task", "arch", "image_size", "precision"]
 OPTIONAL_ROW_KEYS = {"fit": "fit_one_cycle", "later_stages": "", "grad_accumulation": 1}
 # The size of a row's inputs: shown when any row of the card has one. Text,
 # tabular and learner-factory rows have no image size.
-SIZE_ROW_KEYS = ["image_size", "seq_len", "vocab_size", "n_cont", "n_cat", "cardinality", "layers", "params"]
+SIZE_ROW_KEYS = ["image_size", *INPUT_SIZE_KEYS]
 
 
 def _row_keys(frame: pd.DataFrame) -> list[str]:
@@ -240,13 +235,7 @@ SEARCH_COLUMNS = [
     "batch_size",
     "precision",
     "classes",
-    "seq_len",
-    "vocab_size",
-    "n_cont",
-    "n_cat",
-    "cardinality",
-    "layers",
-    "params",
+    *INPUT_SIZE_KEYS,
     "card",
     "card_memory_bytes",
     "backend",

@@ -44,6 +44,10 @@ OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
     LEARNER_TASK: ("image_size", "seq_len", "params"),
 }
 
+# Keys that size a text, tabular or factory entry's inputs and model, as
+# image_size sizes an image entry's. Tables and the resume key list them in this order.
+INPUT_SIZE_KEYS = ("seq_len", "vocab_size", "n_cont", "n_cat", "cardinality", "layers", "params")
+
 # Classes of the synthetic labels when a model entry does not set them.
 DEFAULT_CLASSES = {"classification": 10, "segmentation": 4, "text_classifier": 2, "tabular": 2}
 # fastai's default max_vocab: the vocabulary a text dataset of any size ends up with.

@@ -5,8 +5,8 @@ yields. Examples are a batch of a text dataset's longest documents, or of the
 biggest images of a dataset without a fixed image size. A fit's memory peaks on the largest batch, so
 a trial finds it and feeds it for every batch of the fit:
 
-- fastai's ``SortedDL`` (text) knows every item's length, so the batch is its
-  ``bs`` longest items, out of the whole dataset;
+- fastai's ``SortedDL`` (text) records every item's length, so the batch is
+  its ``bs`` longest items, out of the whole dataset;
 - any other loader is scanned for ``scan_batches`` batches, and the one with
   the most elements (all tensors of inputs and targets) is kept. A scan can
   miss a large batch further on; the description says how many it read.
@@ -123,10 +123,10 @@ def check_fastai_loaders(dls: Any) -> None:
 def use_largest_batches(dls: Any, scan_batches: int, train_batches: int, valid_batches: int) -> str:
     """Feed the training and validation loaders epochs of their largest batches; return what was chosen.
 
-    The loaders run in the trial's process from then on: a stored batch needs
-    no loader workers, and worker processes would have to pickle every batch.
+    The loaders must be fastai's (``check_fastai_loaders``). They run in the
+    trial's process from then on, because a stored batch needs no loader
+    workers, and worker processes would have to pickle every batch.
     """
-    check_fastai_loaders(dls)
     descriptions = []
     for name, loader, count in (("train", dls.train, train_batches), ("valid", dls.valid, max(valid_batches, 1))):
         loader.fake_l.num_workers = 0

@@ -53,7 +53,7 @@ class FitOutcome:
     samples_per_second: float | None = None  # measured trials only: CPU backends' speed does not predict a GPU's
     # False when the trial failed before its fit started: building the
     # Learner or reading a factory's batches, which no backend changes.
-    started: bool = True
+    fit_started: bool = True
     probe_batches: str | None = None  # a learner factory's trial: which batches it fed, and how they were found
 
     @property
@@ -134,7 +134,7 @@ def fit_trial(spec: TrialSpec, backend) -> tuple[FitOutcome, StageCallback]:
         error=message,
         seconds=time.perf_counter() - started,
         samples_per_second=timer.samples_per_second if timer is not None and status == "fits" else None,
-        started=fit_started,
+        fit_started=fit_started,
         probe_batches=probe_batches,
     )
     return outcome, stage
@@ -249,7 +249,7 @@ def run_simulated_trial(spec: TrialSpec, cards: list[Card]) -> list[TrialResult]
     outcome, stage = fit_trial(spec, backend)
     backend.release()
     if outcome.status != "fits":
-        reason = f"cannot be simulated: {outcome.error}" if outcome.started else outcome.error
+        reason = f"cannot be simulated: {outcome.error}" if outcome.fit_started else outcome.error
         return [
             TrialResult(status="error", backend=backend.name, seconds=outcome.seconds, error=reason) for _ in cards
         ]
