@@ -7,7 +7,7 @@ values as keyword arguments (``batch_size``, and every key of the entry's
 This one is a review classifier: most reviews are short, and a
 few are very long. The model is a small convolutional text classifier
 (embedding, two 1-D convolutions, max pooling over time). With
-``loader="sorted"`` the DataLoaders are fastai's ``SortedDL``, which knows
+``loader="sorted"`` the DataLoaders are fastai's ``SortedDL``, which records
 every review's length, so the planner probes the batch of the longest
 reviews wherever they are in the dataset. With ``loader="plain"`` they are
 plain fastai DataLoaders in dataset order, and the planner keeps the largest

@@ -4,7 +4,7 @@ A factory is the user's own code. It receives one grid point's values as
 keyword arguments: ``batch_size``, ``image_size`` and ``seq_len`` where the
 entry sets them, and every key of ``params``. It returns a fastai
 ``Learner`` with the user's model and DataLoaders. The driver imports it once
-while it checks the grid, so that a typo stops the run before any work; each
+while it checks the grid, so that a typo stops the run before any work. Each
 worker imports it again before its first trial.
 """
 
